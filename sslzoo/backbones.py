@@ -1,0 +1,142 @@
+"""Backbones by name: timm ViTs and torchvision ResNets, plus small-input variants.
+
+``create_backbone(name)`` returns a :class:`Backbone` whose ``.model`` is the plain
+timm/torchvision model with its classifier removed; ``backbone.pt`` is that
+model's ``state_dict`` and loads strictly into ``build_model(name)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import timm
+import torch
+import torchvision
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from sslzoo.registry import Registry
+
+# --------------------------------------------------------------------------- small ViTs
+# Small-patch ViTs for 28/32 px inputs, registered in timm so that
+# ``timm.create_model`` builds them like any other timm model.
+
+
+def _small_vit(architecture: dict, kwargs: dict) -> VisionTransformer:
+    # timm passes its pretrained-weight bookkeeping too; these models have no weights.
+    for key in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return VisionTransformer(**{**architecture, **kwargs})
+
+
+@register_model
+def vit_tiny_patch4_32(**kwargs) -> VisionTransformer:
+    """ViT-Ti (192 wide, 12 blocks, 3 heads) with 4x4 patches on 32 px (CIFAR/STL)."""
+    return _small_vit(dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3), kwargs)
+
+
+@register_model
+def vit_micro_patch4_28(**kwargs) -> VisionTransformer:
+    """A 4-block ViT-Ti (192 wide, 3 heads) with 4x4 patches on 28 px: Fashion-MNIST on a CPU."""
+    return _small_vit(dict(img_size=28, patch_size=4, embed_dim=192, depth=4, num_heads=3), kwargs)
+
+
+# --------------------------------------------------------------------------- registry
+
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[tuple[str, ModelFactory]] = Registry("backbone")
+
+
+def _timm_vit(name: str) -> ModelFactory:
+    def build(in_chans: int = 3, drop_path: float = 0.0) -> nn.Module:
+        # dynamic_img_size: timm interpolates the position embeddings for crops of
+        # any size (96 px local crops on a 224 px model), as DINO's interpolate_pos_encoding.
+        return timm.create_model(
+            name, pretrained=False, num_classes=0, in_chans=in_chans,
+            drop_path_rate=drop_path, dynamic_img_size=True,
+        )
+
+    return build
+
+
+def _torchvision_resnet(name: str, small_input: bool) -> ModelFactory:
+    def build(in_chans: int = 3, drop_path: float = 0.0) -> nn.Module:
+        del drop_path  # ResNets have no stochastic depth
+        model = getattr(torchvision.models, name)(weights=None)
+        if small_input:
+            # 28/32 px inputs: a 3x3 stride-1 stem and no max-pool (SimCLR Appendix B.9).
+            model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            model.maxpool = nn.Identity()
+        elif in_chans != 3:
+            model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        model.fc = nn.Identity()
+        return model
+
+    return build
+
+
+for _name in ("vit_small_patch16_224", "vit_base_patch16_224", "vit_tiny_patch4_32", "vit_micro_patch4_28"):
+    MODELS.register(_name)(("vit", _timm_vit(_name)))
+for _name in ("resnet18", "resnet50"):
+    MODELS.register(_name)(("resnet", _torchvision_resnet(_name, small_input=False)))
+    MODELS.register(f"{_name}_cifar")(("resnet", _torchvision_resnet(_name, small_input=True)))
+
+
+def build_model(name: str, in_chans: int = 3, drop_path: float = 0.0) -> nn.Module:
+    """The plain timm/torchvision model named ``name``, without classifier."""
+    _, factory = MODELS.get(name)
+    return factory(in_chans=in_chans, drop_path=drop_path)
+
+
+def feature_dim(model: nn.Module) -> int:
+    if isinstance(model, VisionTransformer):
+        return model.embed_dim
+    return model.inplanes  # a torchvision ResNet's width after its last stage
+
+
+class Backbone(nn.Module):
+    """A timm ViT or torchvision ResNet with one pooled-feature interface.
+
+    ``forward`` gives the pooled features ([CLS] after the final norm for ViTs, the
+    global average pool for ResNets). ViTs also expose ``forward_tokens``.
+    """
+
+    def __init__(self, name: str, in_chans: int = 3, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.name = name
+        self.kind, _ = MODELS.get(name)
+        self.model = build_model(name, in_chans=in_chans, drop_path=drop_path)
+        self.embed_dim = feature_dim(self.model)
+
+    @property
+    def is_vit(self) -> bool:
+        return self.kind == "vit"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def forward_tokens(self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None) -> Tensor:
+        """All output tokens (B, 1 + H*W, D) of a ViT after the final norm.
+
+        ``mask`` (B, H, W), if given, replaces the masked patch embeddings with
+        ``mask_token`` after the patch projection and before the position
+        embeddings are added (iBOT, BEiT).
+        """
+        if not self.is_vit:
+            raise TypeError(f"{self.name} is not a ViT: it has no tokens")
+        vit = self.model
+        tokens = vit.patch_embed(x)  # (B, H, W, D) with dynamic_img_size
+        if mask is not None:
+            tokens = torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
+        return vit.norm(vit.blocks(tokens))
+
+    def patch_grid(self, size: int) -> tuple[int, int]:
+        """The (H, W) patch grid of a square crop of ``size`` pixels."""
+        patch = self.model.patch_embed.patch_size
+        return size // patch[0], size // patch[1]
+
+
+def create_backbone(name: str, in_chans: int = 3, drop_path: float = 0.0) -> Backbone:
+    return Backbone(name, in_chans=in_chans, drop_path=drop_path)

@@ -1,0 +1,34 @@
+"""User-facing errors: one clear line, non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad recipe, key, value, data path, ...).
+
+    The message is a single line that says what was wrong and how to fix it.
+    """
+
+
+def cli_entry(main: Callable[[list[str]], T]) -> Callable[[list[str] | None], T]:
+    """Wrap a command-line ``main(argv)`` so that a :class:`UserError` prints
+    ``error: <message>`` on stderr and exits with status 2, and Ctrl-C exits 130."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> T:
+        try:
+            return main(sys.argv[1:] if argv is None else argv)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapped

@@ -1,0 +1,35 @@
+"""Projection and prediction heads, built from lightly's blocks.
+
+- :func:`dino_head`: DINO's 3-layer GELU MLP, L2-normalised bottleneck and
+  weight-normalised prototype layer without bias (DINO §3.1, main_dino.py's DINOHead).
+- :func:`mlp_head`: Linear(-BN)-ReLU blocks, the shape of BYOL's projector and
+  predictor, SimCLR's projection head and MoCo v3's projector and predictor.
+"""
+
+from __future__ import annotations
+
+from lightly.models.modules.heads import DINOProjectionHead, ProjectionHead
+from torch import nn
+
+
+def dino_head(in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool) -> DINOProjectionHead:
+    """The DINO head; ``norm_last_layer`` fixes the prototypes' norms to 1 (weight_g frozen)."""
+    return DINOProjectionHead(
+        input_dim=in_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim,
+        output_dim=out_dim, batch_norm=False, norm_last_layer=norm_last_layer,
+    )
+
+
+def mlp_head(dims: list[int], batch_norm: bool = True, last_bn: bool = False, last_bn_affine: bool = True) -> ProjectionHead:
+    """An MLP ``dims[0] -> ... -> dims[-1]``: hidden blocks Linear-BN-ReLU, last block Linear(-BN).
+
+    Linear layers followed by BN have no bias. ``last_bn_affine=False`` gives
+    MoCo v3's final BN without learnable scale and shift.
+    """
+    blocks = [
+        (d_in, d_out, nn.BatchNorm1d(d_out) if batch_norm else None, nn.ReLU(inplace=True))
+        for d_in, d_out in zip(dims[:-2], dims[1:-1])
+    ]
+    last_norm = nn.BatchNorm1d(dims[-1], affine=last_bn_affine) if last_bn else None
+    blocks.append((dims[-2], dims[-1], last_norm, None))
+    return ProjectionHead(blocks)

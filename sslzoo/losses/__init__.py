@@ -1,0 +1,1 @@
+"""Loss functions, one concept per file, each citing its paper."""

@@ -1,0 +1,90 @@
+"""The Method interface: what a self-supervised method tells the generic loop.
+
+A method declares its views (the ``augment`` section, checked by
+``check_config``), builds its networks, computes its loss and logged terms
+(``training_step``), adjusts gradients before the optimizer step if it must
+(``before_optimizer_step``), updates its target network after it
+(``after_optimizer_step``) and names the backbone to evaluate
+(``eval_backbone``). The loop knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from sslzoo.backbones import Backbone, create_backbone
+from sslzoo.config import Config
+from sslzoo.data import data_info
+from sslzoo.errors import UserError
+from sslzoo.registry import Registry
+from sslzoo.schedules import Clock
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)  # the method's own terms (loss parts, momentum, ...)
+    embeddings: Tensor | None = None  # detached head outputs of one view, for collapse diagnostics
+    features: Tensor | None = None  # detached backbone features of the first view, for the online probe
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """How a method avoids collapse, in the reading group's vocabulary (for the method-card table)."""
+
+    family: str  # contrastive | self-distillation | masked modelling
+    target: str  # target network policy
+    predictor: str
+    negatives: str
+    loss: str
+    anti_collapse: str
+    crops: str
+
+
+class Method(nn.Module):
+    """Base class of every method; subclasses register with ``@METHODS.register(name)``."""
+
+    Config: ClassVar[type]  # dataclass of the recipe's ``method`` section
+    card: ClassVar[MethodCard]
+    supports_local_crops: ClassVar[bool] = False
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.hp = cfg.method  # the method's hyperparameters
+        self.num_global = cfg.augment.global_crops
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Refuse view settings this method cannot use (with a one-line fix)."""
+        if cfg.augment.local_crops and not cls.supports_local_crops:
+            raise UserError(f"{cfg.method.name} uses two views and no local crops: set augment.local_crops=0")
+        if not cls.supports_local_crops and cfg.augment.global_crops != 2:
+            raise UserError(f"{cfg.method.name} compares exactly two views: set augment.global_crops=2")
+
+    def make_backbone(self, drop_path: float | None = None) -> Backbone:
+        """A fresh backbone as the recipe names it (``drop_path`` defaults to model.drop_path)."""
+        model = self.cfg.model
+        channels = data_info(self.cfg.data).channels
+        return create_backbone(model.backbone, in_chans=channels, drop_path=model.drop_path if drop_path is None else drop_path)
+
+    def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
+        raise NotImplementedError
+
+    def forward(self, views: list[Tensor], clock: Clock) -> StepOutput:
+        return self.training_step(views, clock)
+
+    def before_optimizer_step(self, clock: Clock) -> None:
+        """Hook after backward, before clipping and the optimizer step."""
+
+    def after_optimizer_step(self, clock: Clock) -> None:
+        """Hook after each optimizer step (target-network updates)."""
+
+    def eval_backbone(self) -> Backbone:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")

@@ -1,0 +1,70 @@
+"""Optimizers (AdamW, SGD, LARS), parameter groups, lr/wd schedules, clipping."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightly.utils.lars import LARS
+from torch import nn
+
+from sslzoo.config import OptimConfig
+from sslzoo.schedules import Clock, cosine, warmup_cosine
+
+
+def parameter_groups(module: nn.Module, exclude_bias_norm: bool) -> list[dict]:
+    """Trainable parameters in two groups: with weight decay, and biases/norms without.
+
+    lightly's LARS skips adaptation where weight decay is 0, so the no-decay group is
+    also excluded from LARS adaptation (BYOL §3.2, SimCLR).
+    MoCo v3 decays every parameter (``exclude_bias_norm: false``).
+    """
+    decay, no_decay = [], []
+    for param in module.parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if exclude_bias_norm and param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "apply_weight_decay": True}]
+    if no_decay:
+        groups.append({"params": no_decay, "apply_weight_decay": False})
+    return groups
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """The peak learning rate for this global batch (the papers' scaling rules)."""
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * global_batch / 256
+    if cfg.lr_scaling == "sqrt":
+        return cfg.lr * math.sqrt(global_batch)
+    return cfg.lr
+
+
+def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    if cfg.name == "adamw":
+        fused = device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0, fused=fused)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
+    return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0, trust_coefficient=cfg.lars_trust_coefficient)
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, cfg: OptimConfig, clock: Clock, peak_lr: float) -> tuple[float, float]:
+    """Set this step's lr (warm-up + cosine) and weight decay (cosine) on every group."""
+    lr = warmup_cosine(clock.step, clock.total_steps, clock.steps(cfg.warmup_epochs), peak_lr, cfg.min_lr)
+    wd = cosine(clock.step, clock.total_steps, cfg.weight_decay, cfg.weight_decay_end)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = wd if group["apply_weight_decay"] else 0.0
+    return lr, wd
+
+
+def clip_gradients(module: nn.Module, cfg: OptimConfig) -> None:
+    """Clip by global norm, or each parameter's own norm as DINO's utils.clip_gradients does."""
+    if cfg.clip_grad <= 0:
+        return
+    params = [p for p in module.parameters() if p.grad is not None]
+    if cfg.clip_mode == "global":
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        return
+    for param in params:
+        torch.nn.utils.clip_grad_norm_(param, cfg.clip_grad)

@@ -1,0 +1,347 @@
+"""The one training loop. It knows no method by name: a method is looked up in
+the registry and drives everything method-specific through the Method hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sslzoo.augment import MultiCrop
+from sslzoo.backbones import Backbone
+from sslzoo.checkpoint import FORMAT, atomic_save, load_checkpoint
+from sslzoo.config import Config, to_yaml
+from sslzoo.data import ResumableSampler, SeededViews, data_info, load_dataset
+from sslzoo.diagnostics import collapse_metrics
+from sslzoo.errors import UserError
+from sslzoo.methods import Method, method_class
+from sslzoo.optim import apply_schedules, build_optimizer, clip_gradients, parameter_groups, scaled_lr
+from sslzoo.schedules import Clock
+
+PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite."""
+
+
+class Stopped(Exception):
+    """SIGTERM / SIGINT arrived; a checkpoint was saved."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Distributed:
+    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(choice: str, ddp: Distributed) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=cpu or auto")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    torch.cuda.set_device(ddp.local_rank)
+    return torch.device("cuda", ddp.local_rank)
+
+
+def prepare_out_dir(path: Path) -> None:
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to trainer.out_dir={path} ({err.strerror}); choose a writable folder") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def compile_backbones(method: nn.Module) -> None:
+    """``trainer.compile``: compile each backbone in place (state_dict keys unchanged)."""
+    for module in method.modules():
+        if isinstance(module, Backbone):
+            module.model.compile()
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """``metrics.jsonl`` plus, when asked for, wandb (never fatal if the network is down)."""
+
+    def __init__(self, cfg: Config, out_dir: Path, resumed_step: int) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.truncate_after(resumed_step)
+        self.wandb = None
+        if cfg.logger.wandb != "off":
+            try:
+                import wandb
+
+                self.wandb = wandb.init(
+                    project=cfg.logger.project, dir=str(out_dir), mode=cfg.logger.wandb, config=cfg.raw,
+                    settings=wandb.Settings(init_timeout=30),
+                )
+            except Exception as err:  # noqa: BLE001 - logging must never stop training
+                tqdm.write(f"warning: wandb disabled ({err})")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step``: they belong to steps a resumed run will redo."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(f"{line}\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Builds data, method and optimizer from a config and runs the optimizer steps."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.ddp = init_distributed(cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(cfg.trainer.device, self.ddp)
+        self.out_dir = Path(cfg.trainer.out_dir)
+        if self.ddp.is_main:
+            prepare_out_dir(self.out_dir)
+        seed_everything(cfg.seed + self.ddp.rank)
+
+        info = data_info(cfg.data)
+        base = load_dataset(cfg.data, "pretrain")
+        method_cls = method_class(cfg.method.name)
+        method_cls.check_config(cfg)
+        self.sampler = ResumableSampler(len(base), cfg.data.batch_size, cfg.seed, self.ddp.rank, self.ddp.world_size)
+        if self.sampler.batches_per_epoch == 0:
+            raise UserError(f"the dataset has {len(base)} images, fewer than one batch: lower data.batch_size")
+        self.loader = DataLoader(
+            SeededViews(base, MultiCrop(cfg.augment, info.channels, list(info.mean), list(info.std))),
+            batch_size=cfg.data.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
+            prefetch_factor=4 if cfg.data.num_workers > 0 else None, drop_last=True,
+        )
+        steps_per_epoch = self.sampler.batches_per_epoch
+        total = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
+        self.clock = Clock(0, total, steps_per_epoch, cfg.trainer.epochs)
+
+        self.method: Method = method_cls(cfg).to(self.device)
+        if self.ddp.world_size > 1:
+            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        if cfg.trainer.compile:
+            compile_backbones(self.method)
+        self.model: nn.Module = self.method
+        if self.ddp.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=device_ids)
+        self.global_batch = cfg.data.batch_size * self.ddp.world_size
+        self.peak_lr = scaled_lr(cfg.optim, self.global_batch)
+        self.optimizer = build_optimizer(parameter_groups(self.method, cfg.optim.exclude_bias_norm), cfg.optim, self.device)
+        self.dtype = PRECISION[cfg.trainer.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.trainer.precision == "fp16")
+        self.skipped_steps = 0
+        self.stop_signal: int | None = None
+
+    # -- checkpoints ---------------------------------------------------------
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.pt"
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "format": FORMAT,
+            "method": self.cfg.method.name,
+            "backbone": self.cfg.model.backbone,
+            "step": self.clock.step,
+            "epoch": self.clock.epoch,
+            "skipped_steps": self.skipped_steps,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "config": self.cfg.raw,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.ddp.is_main:
+            atomic_save(self.checkpoint_state(), self.last_checkpoint)
+
+    def maybe_resume(self) -> None:
+        resume = self.cfg.resume
+        path = self.last_checkpoint if resume == "auto" else Path(resume)
+        if resume == "none" or (resume == "auto" and not path.exists()):
+            return
+        state = load_checkpoint(path, self.cfg.method.name, self.cfg.model.backbone)
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.skipped_steps = state["skipped_steps"]
+        self.clock = self.clock.at(state["step"])
+        if self.ddp.is_main:
+            tqdm.write(f"resumed from {path} at step {self.clock.step}")
+
+    # -- one step ------------------------------------------------------------
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def step(self, views: list[torch.Tensor]) -> dict:
+        """One optimizer step on a batch of views; returns what gets logged."""
+        clock = self.clock
+        lr, wd = apply_schedules(self.optimizer, self.cfg.optim, clock, self.peak_lr)
+        views = [v.to(self.device, non_blocking=True) for v in views]
+        with self.autocast():
+            out = self.model(views, clock)
+        loss = out.loss.float()
+        if not self.all_finite(loss):
+            return self.non_finite(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        self.method.before_optimizer_step(clock)
+        clip_gradients(self.method, self.cfg.optim)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_optimizer_step(clock)
+        record = {"loss": loss.item(), "lr": lr, "wd": wd, **out.logs}
+        if out.embeddings is not None and (clock.step + 1) % self.cfg.trainer.log_every == 0:
+            record.update(collapse_metrics(out.embeddings))
+        return record
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).float()
+        if self.ddp.world_size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def non_finite(self, loss: torch.Tensor) -> dict:
+        step = self.clock.step + 1
+        if self.cfg.trainer.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            tqdm.write(f"warning: loss is {loss.item()} at step {step}; step skipped ({self.skipped_steps} so far)")
+            return {"loss": loss.item(), "skipped": True}
+        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint.exists() else "no checkpoint was saved yet"
+        raise NonFiniteLoss(
+            f"loss is {loss.item()} at step {step}; {kept}. Lower optim.lr, use trainer.precision=fp32, "
+            "or set trainer.on_nonfinite=skip"
+        )
+
+    # -- the run -------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def request_stop(signum: int, frame: object) -> None:
+            self.stop_signal = signum
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    def fit(self) -> Path:
+        self.maybe_resume()
+        cfg = self.cfg
+        if self.ddp.is_main:
+            (self.out_dir / "config.yaml").write_text(to_yaml(cfg))
+        log = MetricsLog(cfg, self.out_dir, self.clock.step) if self.ddp.is_main else None
+        self.install_signal_handlers()
+        self.method.train()
+        bar = tqdm(total=self.clock.total_steps, initial=self.clock.step, disable=not self.ddp.is_main, dynamic_ncols=True)
+        images, tick = 0, time.perf_counter()
+        try:
+            while self.clock.step < self.clock.total_steps:
+                self.sampler.set_position(self.clock.epoch, self.clock.step % self.clock.steps_per_epoch)
+                for views, _labels in self.loader:
+                    record = self.step(views)
+                    self.clock = self.clock.at(self.clock.step + 1)
+                    images += len(views[0]) * self.ddp.world_size
+                    bar.update(1)
+                    if self.clock.step % cfg.trainer.log_every == 0 or self.clock.step == self.clock.total_steps:
+                        now = time.perf_counter()
+                        epoch = (self.clock.step - 1) // self.clock.steps_per_epoch  # the epoch this step belonged to
+                        record.update(step=self.clock.step, epoch=epoch, images_per_s=images / (now - tick))
+                        images, tick = 0, now
+                        bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "lr", "momentum", "images_per_s") if k in record})
+                        if log is not None:
+                            log.write(record)
+                    if self.clock.step % cfg.trainer.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if self.stop_signal is not None:
+                        self.save_checkpoint()
+                        raise Stopped(self.stop_signal)
+                    if self.clock.step >= self.clock.total_steps:
+                        break
+            self.save_checkpoint()
+            if self.ddp.is_main:
+                atomic_save(self.method.eval_backbone().model.state_dict(), self.out_dir / "backbone.pt")
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        return self.out_dir
+
+
+def train(cfg: Config) -> Path:
+    """Train ``cfg`` to completion (or resume it); returns the run directory."""
+    return Trainer(cfg).fit()
