@@ -44,11 +44,10 @@ def blur_kernel_size(max_sigma: float) -> int:
 
 
 def view_transform(spec: CropSpec, aug: AugmentConfig, channels: int, mean: list[float], std: list[float]) -> v2.Compose:
-    """The random pipeline of one view: crop, flip, colour, blur, solarize, normalise."""
+    """The random pipeline of one view (of a ``tv_tensors.Image``): crop, flip, colour, blur, solarize, normalise."""
     brightness, contrast, saturation, hue = aug.jitter
     colour = channels == 3
     steps = [
-        v2.ToImage(),
         v2.RandomResizedCrop(spec.size, scale=spec.scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(aug.flip_p),
         v2.RandomApply(
@@ -73,8 +72,10 @@ class MultiCrop:
     def __init__(self, aug: AugmentConfig, channels: int, mean: list[float], std: list[float]) -> None:
         self.specs = crop_specs(aug)
         self.transforms = [view_transform(s, aug, channels, mean, std) for s in self.specs]
+        self.to_image = v2.ToImage()
 
     def __call__(self, image: Tensor) -> list[Tensor]:
+        image = self.to_image(image)  # once per image, not per view
         return [transform(image) for transform in self.transforms]
 
 

@@ -1,7 +1,15 @@
-"""Method registry: importing this package registers every method."""
+"""Method registry. Importing this package imports every module in it, and each
+method registers itself with ``@METHODS.register(name)``: adding a method is
+its own file plus its recipes."""
+
+import importlib
+import pkgutil
 
 from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
-from sslzoo.methods import dino  # noqa: F401  (registers "dino")
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def method_class(name: str) -> type[Method]:

@@ -1,0 +1,1 @@
+"""Evaluation of frozen backbones (kNN, linear probe)."""
