@@ -34,7 +34,9 @@ def crop_specs(aug: AugmentConfig) -> list[CropSpec]:
         CropSpec(aug.global_size, tuple(aug.global_scale), aug.blur_p[i], aug.solarize_p[i])
         for i in range(aug.global_crops)
     ]
-    specs += [CropSpec(aug.local_size, tuple(aug.local_scale), aug.local_blur_p, aug.local_solarize_p)] * aug.local_crops
+    specs += [
+        CropSpec(aug.local_size, tuple(aug.local_scale), aug.local_blur_p, aug.local_solarize_p)
+    ] * aug.local_crops
     return specs
 
 
@@ -43,7 +45,9 @@ def blur_kernel_size(max_sigma: float) -> int:
     return 2 * math.ceil(3 * max_sigma) + 1
 
 
-def view_transform(spec: CropSpec, aug: AugmentConfig, channels: int, mean: list[float], std: list[float]) -> v2.Compose:
+def view_transform(
+    spec: CropSpec, aug: AugmentConfig, channels: int, mean: list[float], std: list[float]
+) -> v2.Compose:
     """The random pipeline of one view (of a ``tv_tensors.Image``): crop, flip, colour, blur, solarize, normalise."""
     brightness, contrast, saturation, hue = aug.jitter
     colour = channels == 3
@@ -58,7 +62,9 @@ def view_transform(spec: CropSpec, aug: AugmentConfig, channels: int, mean: list
     if colour:
         steps.append(v2.RandomGrayscale(aug.grayscale_p))
     steps += [
-        v2.RandomApply([v2.GaussianBlur(blur_kernel_size(aug.blur_sigma[1]), sigma=tuple(aug.blur_sigma))], p=spec.blur_p),
+        v2.RandomApply(
+            [v2.GaussianBlur(blur_kernel_size(aug.blur_sigma[1]), sigma=tuple(aug.blur_sigma))], p=spec.blur_p
+        ),
         v2.RandomSolarize(threshold=128, p=spec.solarize_p),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
@@ -81,10 +87,12 @@ class MultiCrop:
 
 def eval_transform(size: int, resize: int, mean: list[float], std: list[float]) -> v2.Compose:
     """Deterministic evaluation view: resize, centre crop, normalise."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(resize, interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )

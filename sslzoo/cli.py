@@ -30,7 +30,9 @@ def main(argv: list[str]) -> int:
     try:
         out_dir = train(cfg)
     except Stopped as stop:
-        print(f"stopped by {stop}; the checkpoint in {cfg.trainer.out_dir} resumes with the same command", file=sys.stderr)
+        print(
+            f"stopped by {stop}; the checkpoint in {cfg.trainer.out_dir} resumes with the same command", file=sys.stderr
+        )
         raise SystemExit(128 + stop.signum) from None
     print(f"done: {out_dir}/backbone.pt")
     return 0

@@ -330,17 +330,29 @@ def check_ranges(cfg: Config) -> None:
     need(cfg.augment.local_crops >= 0, "augment.local_crops must be 0 or more")
     for name in ("global_scale", "local_scale"):
         lo, hi = (getattr(cfg.augment, name) + [0.0, 0.0])[:2]
-        need(len(getattr(cfg.augment, name)) == 2 and 0 < lo <= hi <= 1, f"augment.{name} must be [min, max] with 0 < min <= max <= 1")
+        need(
+            len(getattr(cfg.augment, name)) == 2 and 0 < lo <= hi <= 1,
+            f"augment.{name} must be [min, max] with 0 < min <= max <= 1",
+        )
     for name in ("blur_p", "solarize_p"):
         need(
             len(getattr(cfg.augment, name)) == cfg.augment.global_crops,
             f"augment.{name} needs one probability per global crop ({cfg.augment.global_crops})",
         )
-    probs = [cfg.augment.flip_p, cfg.augment.jitter_p, cfg.augment.grayscale_p, cfg.augment.local_blur_p,
-             cfg.augment.local_solarize_p, *cfg.augment.blur_p, *cfg.augment.solarize_p]
+    probs = [
+        cfg.augment.flip_p,
+        cfg.augment.jitter_p,
+        cfg.augment.grayscale_p,
+        cfg.augment.local_blur_p,
+        cfg.augment.local_solarize_p,
+        *cfg.augment.blur_p,
+        *cfg.augment.solarize_p,
+    ]
     need(all(0 <= p <= 1 for p in probs), "augment probabilities must lie in [0, 1]")
-    need(cfg.resume in ("auto", "none") or Path(cfg.resume).is_file(),
-         f"resume={cfg.resume} is neither auto, none nor an existing checkpoint file")
+    need(
+        cfg.resume in ("auto", "none") or Path(cfg.resume).is_file(),
+        f"resume={cfg.resume} is neither auto, none nor an existing checkpoint file",
+    )
 
 
 def load_config(recipe: str, overrides: dict[str, Any] | None = None) -> Config:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import gzip
 import struct
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -78,7 +78,9 @@ def read_idx(path: Path) -> np.ndarray:
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         return data.reshape(shape)
     except (OSError, EOFError, ValueError, struct.error) as err:
-        raise UserError(f"{path} is corrupt ({err}); reinstall it: apt-get install --reinstall dataset-fashion-mnist") from None
+        raise UserError(
+            f"{path} is corrupt ({err}); reinstall it: apt-get install --reinstall dataset-fashion-mnist"
+        ) from None
 
 
 def find_fmnist(root: Path, split: str) -> tuple[Path, Path] | None:
@@ -137,7 +139,8 @@ def load_torchvision(cfg: DataConfig, split: str) -> TensorImages:
             labels = torch.from_numpy(ds.labels.astype(np.int64))
     except RuntimeError as err:
         raise UserError(
-            f"{cfg.name} not found or corrupt under {root} ({err}); put the torchvision files there or set data.download=true"
+            f"{cfg.name} not found or corrupt under {root} ({err}); "
+            "put the torchvision files there or set data.download=true"
         ) from None
     if len(images) == 0:
         raise UserError(f"{cfg.name} under {root} is empty")
@@ -153,7 +156,9 @@ class SafeImageFolder(Dataset):
         try:
             self.folder = torchvision.datasets.ImageFolder(str(root))
         except (FileNotFoundError, RuntimeError) as err:
-            raise UserError(f"no images in {root} ({err}); expected class folders of images (ImageNet layout)") from None
+            raise UserError(
+                f"no images in {root} ({err}); expected class folders of images (ImageNet layout)"
+            ) from None
         self.on_corrupt = on_corrupt
         self.corrupt: set[int] = set()
 

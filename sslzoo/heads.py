@@ -12,15 +12,23 @@ from lightly.models.modules.heads import DINOProjectionHead, ProjectionHead
 from torch import nn
 
 
-def dino_head(in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool) -> DINOProjectionHead:
+def dino_head(
+    in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool
+) -> DINOProjectionHead:
     """The DINO head; ``norm_last_layer`` fixes the prototypes' norms to 1 (weight_g frozen)."""
     return DINOProjectionHead(
-        input_dim=in_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim,
-        output_dim=out_dim, batch_norm=False, norm_last_layer=norm_last_layer,
+        input_dim=in_dim,
+        hidden_dim=hidden_dim,
+        bottleneck_dim=bottleneck_dim,
+        output_dim=out_dim,
+        batch_norm=False,
+        norm_last_layer=norm_last_layer,
     )
 
 
-def mlp_head(dims: list[int], batch_norm: bool = True, last_bn: bool = False, last_bn_affine: bool = True) -> ProjectionHead:
+def mlp_head(
+    dims: list[int], batch_norm: bool = True, last_bn: bool = False, last_bn_affine: bool = True
+) -> ProjectionHead:
     """An MLP ``dims[0] -> ... -> dims[-1]``: hidden blocks Linear-BN-ReLU, last block Linear(-BN).
 
     Linear layers followed by BN have no bias. ``last_bn_affine=False`` gives

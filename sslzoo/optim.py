@@ -45,10 +45,14 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) 
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0, fused=fused)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-    return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0, trust_coefficient=cfg.lars_trust_coefficient)
+    return LARS(
+        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0, trust_coefficient=cfg.lars_trust_coefficient
+    )
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, cfg: OptimConfig, clock: Clock, peak_lr: float) -> tuple[float, float]:
+def apply_schedules(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, clock: Clock, peak_lr: float
+) -> tuple[float, float]:
     """Set this step's lr (warm-up + cosine) and weight decay (cosine) on every group."""
     lr = warmup_cosine(clock.step, clock.total_steps, clock.steps(cfg.warmup_epochs), peak_lr, cfg.min_lr)
     wd = cosine(clock.step, clock.total_steps, cfg.weight_decay, cfg.weight_decay_end)

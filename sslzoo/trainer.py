@@ -128,7 +128,10 @@ class MetricsLog:
                 import wandb
 
                 self.wandb = wandb.init(
-                    project=cfg.logger.project, dir=str(out_dir), mode=cfg.logger.wandb, config=cfg.raw,
+                    project=cfg.logger.project,
+                    dir=str(out_dir),
+                    mode=cfg.logger.wandb,
+                    config=cfg.raw,
                     settings=wandb.Settings(init_timeout=30),
                 )
             except Exception as err:  # noqa: BLE001 - logging must never stop training
@@ -160,7 +163,9 @@ class Trainer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.ddp = init_distributed(cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.ddp = init_distributed(
+            cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self.device = resolve_device(cfg.trainer.device, self.ddp)
         self.out_dir = Path(cfg.trainer.out_dir)
         if self.ddp.is_main:
@@ -176,9 +181,13 @@ class Trainer:
             raise UserError(f"the dataset has {len(base)} images, fewer than one batch: lower data.batch_size")
         self.loader = DataLoader(
             SeededViews(base, MultiCrop(cfg.augment, info.channels, list(info.mean), list(info.std))),
-            batch_size=cfg.data.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
-            prefetch_factor=4 if cfg.data.num_workers > 0 else None, drop_last=True,
+            batch_size=cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.data.num_workers > 0,
+            prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+            drop_last=True,
         )
         steps_per_epoch = self.sampler.batches_per_epoch
         total = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
@@ -195,7 +204,9 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=device_ids)
         self.global_batch = cfg.data.batch_size * self.ddp.world_size
         self.peak_lr = scaled_lr(cfg.optim, self.global_batch)
-        self.optimizer = build_optimizer(parameter_groups(self.method, cfg.optim.exclude_bias_norm), cfg.optim, self.device)
+        self.optimizer = build_optimizer(
+            parameter_groups(self.method, cfg.optim.exclude_bias_norm), cfg.optim, self.device
+        )
         self.dtype = PRECISION[cfg.trainer.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.trainer.precision == "fp16")
         self.skipped_steps = 0
@@ -284,7 +295,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             tqdm.write(f"warning: loss is {loss.item()} at step {step}; step skipped ({self.skipped_steps} so far)")
             return {"loss": loss.item(), "skipped": True}
-        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint.exists() else "no checkpoint was saved yet"
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint.exists()
+            else "no checkpoint was saved yet"
+        )
         raise NonFiniteLoss(
             f"loss is {loss.item()} at step {step}; {kept}. Lower optim.lr, use trainer.precision=fp32, "
             "or set trainer.on_nonfinite=skip"
@@ -307,7 +322,9 @@ class Trainer:
         log = MetricsLog(cfg, self.out_dir, self.clock.step) if self.ddp.is_main else None
         self.install_signal_handlers()
         self.method.train()
-        bar = tqdm(total=self.clock.total_steps, initial=self.clock.step, disable=not self.ddp.is_main, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.clock.total_steps, initial=self.clock.step, disable=not self.ddp.is_main, dynamic_ncols=True
+        )
         images, tick = 0, time.perf_counter()
         try:
             while self.clock.step < self.clock.total_steps:
@@ -322,7 +339,9 @@ class Trainer:
                         epoch = (self.clock.step - 1) // self.clock.steps_per_epoch  # the epoch this step belonged to
                         record.update(step=self.clock.step, epoch=epoch, images_per_s=images / (now - tick))
                         images, tick = 0, now
-                        bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "lr", "momentum", "images_per_s") if k in record})
+                        bar.set_postfix(
+                            {k: f"{record[k]:.4g}" for k in ("loss", "lr", "momentum", "images_per_s") if k in record}
+                        )
                         if log is not None:
                             log.write(record)
                     if self.clock.step % cfg.trainer.checkpoint_every == 0:

@@ -13,8 +13,13 @@ from torch import Tensor
 
 @torch.no_grad()
 def knn_predict(
-    train_features: Tensor, train_labels: Tensor, test_features: Tensor, k: int, temperature: float,
-    num_classes: int, chunk: int = 1024,
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    k: int,
+    temperature: float,
+    num_classes: int,
+    chunk: int = 1024,
 ) -> Tensor:
     """Predicted class of every test feature."""
     train = F.normalize(train_features.float(), dim=1)
@@ -32,8 +37,12 @@ def knn_predict(
 
 
 def knn_accuracy(
-    train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
-    k: int = 20, temperature: float = 0.07,
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
 ) -> float:
     """Top-1 accuracy in [0, 1] of the weighted kNN classifier."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1

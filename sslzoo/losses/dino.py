@@ -28,7 +28,9 @@ class DINOLoss(nn.Module):
         """Centred and sharpened teacher distribution P_t (in fp32)."""
         return F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
 
-    def forward(self, student_out: list[Tensor], teacher_out: list[Tensor], student_temp: float, teacher_temp: float) -> Tensor:
+    def forward(
+        self, student_out: list[Tensor], teacher_out: list[Tensor], student_temp: float, teacher_temp: float
+    ) -> Tensor:
         """Cross-entropy averaged over all (teacher view, student view) pairs of different views.
 
         ``teacher_out`` holds the global views, ``student_out`` every view with the

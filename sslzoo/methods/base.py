@@ -69,7 +69,9 @@ class Method(nn.Module):
         """A fresh backbone as the recipe names it (``drop_path`` defaults to model.drop_path)."""
         model = self.cfg.model
         channels = data_info(self.cfg.data).channels
-        return create_backbone(model.backbone, in_chans=channels, drop_path=model.drop_path if drop_path is None else drop_path)
+        return create_backbone(
+            model.backbone, in_chans=channels, drop_path=model.drop_path if drop_path is None else drop_path
+        )
 
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         raise NotImplementedError

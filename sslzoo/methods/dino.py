@@ -1,14 +1,14 @@
 """DINO: self-distillation with no labels (Caron et al. 2021, Algorithm 1).
 
-    gs, gt = student, teacher            # same architecture; gt = EMA of gs
-    C = 0                                # centre
-    for x in loader:
-        views = augment(x)               # 2 global + M local crops
-        s = gs(all views); t = gt(global views)
-        loss = H(t, s) over pairs of different views  (centring + sharpening in H)
-        loss.backward(); update(gs)
-        gt = m * gt + (1 - m) * gs       # m: cosine 0.996 -> 1
-        C  = c * C + (1 - c) * mean(t)
+gs, gt = student, teacher            # same architecture; gt = EMA of gs
+C = 0                                # centre
+for x in loader:
+    views = augment(x)               # 2 global + M local crops
+    s = gs(all views); t = gt(global views)
+    loss = H(t, s) over pairs of different views  (centring + sharpening in H)
+    loss.backward(); update(gs)
+    gt = m * gt + (1 - m) * gs       # m: cosine 0.996 -> 1
+    C  = c * C + (1 - c) * mean(t)
 """
 
 from __future__ import annotations
@@ -65,11 +65,15 @@ class DINO(Method):
     def encoder(self, drop_path: float | None = None) -> Encoder:
         hp = self.hp
         backbone = self.make_backbone(drop_path)
-        return Encoder(backbone, dino_head(backbone.embed_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.norm_last_layer))
+        return Encoder(
+            backbone, dino_head(backbone.embed_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.norm_last_layer)
+        )
 
     def teacher_temp(self, clock: Clock) -> float:
         hp = self.hp
-        return linear_warmup(clock.step, clock.steps(hp.warmup_teacher_temp_epochs), hp.warmup_teacher_temp, hp.teacher_temp)
+        return linear_warmup(
+            clock.step, clock.steps(hp.warmup_teacher_temp_epochs), hp.warmup_teacher_temp, hp.teacher_temp
+        )
 
     def momentum(self, clock: Clock) -> float:
         return cosine(clock.step, clock.total_steps, self.hp.momentum_teacher, 1.0)
