@@ -97,8 +97,12 @@ class DINO(Method):
         # Freeze the prototypes during the first epoch(s) by dropping their
         # gradients, so the optimizer skips them (main_dino.py cancel_gradients_last_layer).
         if clock.step < clock.steps(self.hp.freeze_last_layer_epochs):
-            for param in self.student.head.last_layer.parameters():
+            for param in self.prototypes():
                 param.grad = None
+
+    def prototypes(self) -> list[Tensor]:
+        """Parameters of the head's prototype (last) layer(s), frozen during the first epoch(s)."""
+        return list(self.student.head.last_layer.parameters())
 
     def after_optimizer_step(self, clock: Clock) -> None:
         self.teacher.update(self.student, self.momentum(clock))

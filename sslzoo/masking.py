@@ -1,0 +1,77 @@
+"""Block-wise masking of patch grids (BEiT §2.5 and Algorithm 1; iBOT §3.3, loader.py ImageFolderMask).
+
+Each crop draws its own prediction ratio r: one of ``pred_ratio`` chosen
+uniformly, widened to U(r - var, r + var) by its ``pred_ratio_var`` (iBOT's
+ViT-S/16 run: ``0 0.3`` / ``0 0.2``, i.e. no mask with probability 1/2, else
+r ~ U(0.1, 0.5)). Rectangular blocks are then added until r * H * W patches
+are masked: each block has a target area drawn from U(min_block, room left),
+a log-uniform aspect ratio in [a, 1/a], a uniform position, and is kept only
+if it adds between 1 and "room left" new patches; after ``attempts`` failed
+draws the mask is returned as it is.
+
+Why not lightly's ``random_block_mask``: it follows DINOv2's collate (exactly a
+fixed share of the batch masked, ratios spread over the batch by a linspace),
+not iBOT's independent draw per crop, and its per-image helper rounds the
+target down to an integer (iBOT keeps r * H * W real, which changes the target
+area distribution) and draws from Python's global ``random``. Here every mask
+is a function of the torch RNG (one seed drawn per batch), which the trainer
+restores on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+SEED_BITS = 62  # a batch's block sampler is seeded by one draw of this many bits from the torch RNG
+
+
+@dataclass(frozen=True)
+class BlockMasking:
+    pred_ratio: list[float]  # candidate mean ratios r, one chosen uniformly per crop
+    pred_ratio_var: list[float]  # half-width of the uniform draw around each r (0: exactly r)
+    min_block: int  # smallest target area of a block, in patches
+    min_aspect: float  # block aspect ratios lie in [min_aspect, 1 / min_aspect]
+    attempts: int  # draws per block before giving up
+
+    def __call__(self, batch: int, height: int, width: int) -> Tensor:
+        """``batch`` masks (batch, height, width), True where a patch is masked."""
+        rng = random.Random(int(torch.randint(2**SEED_BITS, ())))
+        masks = [self.block_mask(rng, height, width, self.draw_ratio(rng) * height * width) for _ in range(batch)]
+        return torch.tensor(masks, dtype=torch.bool).view(batch, height, width)
+
+    def draw_ratio(self, rng: random.Random) -> float:
+        """One crop's prediction ratio (loader.py get_pred_ratio)."""
+        index = rng.randrange(len(self.pred_ratio))
+        mean, var = self.pred_ratio[index], self.pred_ratio_var[index]
+        return rng.uniform(mean - var, mean + var) if var > 0 else mean
+
+    def block_mask(self, rng: random.Random, height: int, width: int, target: float) -> list[list[bool]]:
+        """Add blocks until ``target`` patches are masked or no block fits (BEiT Algorithm 1)."""
+        mask = [[False] * width for _ in range(height)]
+        log_aspect = (math.log(self.min_aspect), -math.log(self.min_aspect))
+        count = 0
+        while count < target:
+            room = target - count
+            added = 0
+            for _ in range(self.attempts):
+                area = rng.uniform(self.min_block, room)
+                aspect = math.exp(rng.uniform(*log_aspect))
+                h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+                if h >= height or w >= width:
+                    continue
+                top, left = rng.randint(0, height - h), rng.randint(0, width - w)
+                cells = [(i, j) for i in range(top, top + h) for j in range(left, left + w) if not mask[i][j]]
+                if 0 < len(cells) <= room:
+                    for i, j in cells:
+                        mask[i][j] = True
+                    added = len(cells)
+                    break
+            if added == 0:
+                break
+            count += added
+        return mask

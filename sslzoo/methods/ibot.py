@@ -1,0 +1,194 @@
+"""iBOT: image BERT pre-training with an online tokenizer (Zhou et al. 2022, Algorithm 1).
+
+DINO's [CLS] self-distillation plus masked image modelling, where the EMA teacher
+is the online tokenizer of the masked patches:
+
+gs, gt = student, teacher                  # gt = EMA of gs (DINO's teacher)
+C, C' = 0, 0                               # centres of the [CLS] and of the patch outputs
+for x in loader:
+    u = global crops of x; l = local crops of x
+    m = blockwise_mask(u)                  # per crop, BEiT-style blocks; locals and [CLS] never masked
+    u_hat = m ? e_[MASK] : patch_embed(u)  # before the position embeddings
+    t_cls, t_patch = gt(u)                 # the teacher sees the unmasked crops
+    s_cls, s_patch = gs(u_hat); s_cls += gs(l)
+    L_[CLS] = H(t_cls, s_cls) over pairs of different views              (DINO's loss, C, tau_t)
+    L_MIM   = H(t_patch, s_patch) at the masked patches of the same crop  (C', tau_t')
+    loss = lambda1 * L_[CLS] + lambda2 * L_MIM; loss.backward(); update(gs)
+    gt = m * gt + (1 - m) * gs             # m: cosine 0.996 -> 1
+    C  = c * C  + (1 - c)  * mean(t_cls);  C' = c' * C' + (1 - c') * mean(t_patch)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lightly.models.modules.heads import DINOProjectionHead
+from torch import Tensor, nn
+
+from sslzoo.backbones import MODELS
+from sslzoo.config import Config as RunConfig
+from sslzoo.errors import UserError
+from sslzoo.losses.dino import distillation_terms
+from sslzoo.losses.ibot import MaskedPatchLoss
+from sslzoo.masking import BlockMasking
+from sslzoo.methods.base import METHODS, MethodCard, StepOutput
+from sslzoo.methods.dino import DINO
+from sslzoo.multicrop import Encoder
+from sslzoo.schedules import Clock, linear_warmup
+
+
+class IBOTHead(DINOProjectionHead):
+    """DINO's head over every token (main_ibot.py iBOTHead): [CLS] and patch tokens share the MLP.
+
+    With ``shared_head`` (iBOT §3.2, the ViT-S/16 run) they share the prototype layer too;
+    otherwise the patches get their own, also with K outputs (main_ibot.py gives the patch
+    outputs the [CLS] dimension under its default ``--shared_head_teacher``; unlike it, the
+    teacher here mirrors the student, so its patch layer is the EMA of the student's).
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool, shared_head: bool
+    ) -> None:
+        super().__init__(
+            input_dim=in_dim,
+            hidden_dim=hidden_dim,
+            bottleneck_dim=bottleneck_dim,
+            output_dim=out_dim,
+            batch_norm=False,
+            norm_last_layer=norm_last_layer,
+        )
+        self.patch_layer: nn.Module | None = None
+        if not shared_head:  # weight-normalised like the [CLS] prototypes (DINOHead)
+            self.patch_layer = nn.utils.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+            with torch.no_grad():
+                self.patch_layer.weight_g.fill_(1)
+            self.patch_layer.weight_g.requires_grad = not norm_last_layer
+
+    def forward_patches(self, tokens: Tensor) -> Tensor:
+        """Outputs of patch tokens (the [CLS] outputs are ``forward``)."""
+        if self.patch_layer is None:
+            return self(tokens)
+        return self.patch_layer(nn.functional.normalize(self.layers(tokens), dim=-1))
+
+
+@METHODS.register("ibot")
+class IBOT(DINO):
+    @dataclass
+    class Config(DINO.Config):
+        shared_head: bool  # one prototype layer for [CLS] and patch tokens
+        teacher_patch_temp: float  # tau_t' after warm-up (over warmup_teacher_temp_epochs, as tau_t)
+        warmup_teacher_patch_temp: float  # tau_t' at step 0
+        center_momentum_patch: float  # c', momentum of the patch centre C'
+        lambda_cls: float  # lambda1, weight of L_[CLS]
+        lambda_patch: float  # lambda2, weight of L_MIM
+        pred_ratio: list[float]  # candidate mask ratios, one drawn per crop
+        pred_ratio_var: list[float]  # each ratio is drawn uniformly in ratio +- var
+        mask_min_block: int  # smallest block area, in patches
+        mask_min_aspect: float  # block aspect ratios in [a, 1/a]
+        mask_attempts: int  # draws per block before the mask is left as it is
+
+    card = MethodCard(
+        family="masked modelling",
+        target="EMA teacher (momentum 0.996 -> 1), the online tokenizer",
+        predictor="none",
+        negatives="none",
+        loss="DINO's [CLS] cross-entropy + patch cross-entropy at the student's masked patches",
+        anti_collapse="centring + sharpening, with separate centres and temperatures for [CLS] and patches",
+        crops="2 global (block-masked for the student) + M local (never masked); teacher sees unmasked globals",
+    )
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)  # DINO's student, teacher and [CLS] loss
+        hp = self.hp
+        self.patch_loss = MaskedPatchLoss(hp.out_dim, hp.center_momentum_patch)
+        self.pending_patch_center: Tensor | None = None
+        # e_[MASK], zero-initialised as ibot's masked_embed; the teacher has none.
+        self.mask_token = nn.Parameter(torch.zeros(1, self.student.backbone.embed_dim))
+        self.masking = BlockMasking(
+            hp.pred_ratio, hp.pred_ratio_var, hp.mask_min_block, hp.mask_min_aspect, hp.mask_attempts
+        )
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        hp = cfg.method
+        kind, _ = MODELS.get(cfg.model.backbone)
+        if kind != "vit":
+            raise UserError(f"ibot masks patch tokens: model.backbone={cfg.model.backbone} is not a ViT; use a vit_*")
+        if not hp.pred_ratio or len(hp.pred_ratio) != len(hp.pred_ratio_var):
+            raise UserError("method.pred_ratio and method.pred_ratio_var need the same number of entries (at least 1)")
+        if not all(0 <= r - v and r + v <= 1 for r, v in zip(hp.pred_ratio, hp.pred_ratio_var)):
+            raise UserError("method.pred_ratio +- method.pred_ratio_var must stay within [0, 1]")
+        if hp.mask_min_block < 1 or hp.mask_attempts < 1 or not 0 < hp.mask_min_aspect <= 1:
+            raise UserError("method.mask_min_block and mask_attempts must be >= 1, mask_min_aspect in (0, 1]")
+
+    def encoder(self, drop_path: float | None = None) -> Encoder:
+        hp = self.hp
+        backbone = self.make_backbone(drop_path)
+        head = IBOTHead(
+            backbone.embed_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.norm_last_layer, hp.shared_head
+        )
+        return Encoder(backbone, head)
+
+    def teacher_patch_temp(self, clock: Clock) -> float:
+        hp = self.hp
+        return linear_warmup(
+            clock.step, clock.steps(hp.warmup_teacher_temp_epochs), hp.warmup_teacher_patch_temp, hp.teacher_patch_temp
+        )
+
+    def block_masks(self, crops: Tensor) -> Tensor:
+        """One block mask (B, H, W) per crop, drawn from the torch RNG (restored on resume)."""
+        height, width = self.student.backbone.patch_grid(crops.shape[-1])
+        return self.masking(len(crops), height, width).to(crops.device)
+
+    def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
+        hp, n_global = self.hp, self.num_global
+        tau_s, tau_t, tau_tp = hp.student_temp, self.teacher_temp(clock), self.teacher_patch_temp(clock)
+        u = torch.cat(views[:n_global])  # the global crops as one batch
+        m = self.block_masks(u)
+        teacher = self.teacher.net
+        with torch.no_grad():  # the teacher sees the unmasked crops
+            t_tokens = teacher.backbone.forward_tokens(u)
+            t_cls, t_patch = teacher.head(t_tokens[:, 0]), teacher.head.forward_patches(t_tokens[:, 1:])
+        s_tokens = self.student.backbone.forward_tokens(u, m, self.mask_token)  # u_hat
+        s_cls = self.student.head(s_tokens[:, 0])
+        if len(views) > n_global:  # local crops: [CLS] only, never masked
+            s_cls = torch.cat([s_cls, self.student(views[n_global:])[0]])
+        m = m.flatten(1)
+        s_patch = self.student.head.forward_patches(s_tokens[:, 1:][m])  # only masked patches enter L_MIM
+
+        loss_cls = self.loss(s_cls.chunk(len(views)), t_cls.chunk(n_global), tau_s, tau_t)
+        loss_patch = self.patch_loss(s_patch, t_patch, m, tau_s, tau_tp)
+        self.pending_center = self.loss.batch_center(t_cls)  # both applied after the optimizer step
+        self.pending_patch_center = self.patch_loss.batch_center(t_patch.flatten(0, 1))
+
+        batch = len(views[0])
+        terms = distillation_terms(s_cls[:batch], self.loss.teacher_probs(t_cls[:batch], tau_t), tau_s)
+        logs = {
+            "loss_cls": loss_cls.item(),
+            "loss_patch": loss_patch.item(),
+            "teacher_temp": tau_t,
+            "teacher_patch_temp": tau_tp,
+            "momentum": self.momentum(clock),
+            "mask_ratio": m.float().mean().item(),
+            **terms,
+        }
+        return StepOutput(
+            hp.lambda_cls * loss_cls + hp.lambda_patch * loss_patch,
+            logs,
+            embeddings=s_cls[:batch].detach(),
+            features=s_tokens[:batch, 0].detach(),  # the student's (possibly masked) first crop, as DINO's
+        )
+
+    def prototypes(self) -> list[Tensor]:
+        """Both prototype layers are frozen at the start (main_ibot.py cancels every "last_layer*")."""
+        head = self.student.head
+        patch = [] if head.patch_layer is None else list(head.patch_layer.parameters())
+        return super().prototypes() + patch
+
+    def after_optimizer_step(self, clock: Clock) -> None:
+        super().after_optimizer_step(clock)  # EMA teacher and the [CLS] centre C
+        if self.pending_patch_center is not None:
+            self.patch_loss.update_center(self.pending_patch_center)
+            self.pending_patch_center = None
