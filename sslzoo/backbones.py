@@ -7,11 +7,13 @@ model's ``state_dict`` and loads strictly into ``build_model(name)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import timm
 import torch
 import torchvision
+from timm.layers import build_sincos2d_pos_embed
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -144,3 +146,69 @@ class Backbone(nn.Module):
 
 def create_backbone(name: str, in_chans: int = 3, drop_path: float = 0.0) -> Backbone:
     return Backbone(name, in_chans=in_chans, drop_path=drop_path)
+
+
+# --------------------------------------------------------------------------- MoCo v3's ViT and backbone options
+# MoCo v3 (Chen, Xie, He 2021, §4 and moco-v3 vits.py) changes the ViT: 12 heads in
+# ViT-S, its own initialisation, a fixed 2-D sin-cos position embedding and a frozen
+# random patch projection. The last two are options of the method (applied below);
+# the architecture and the initialisation are the backbone name's.
+
+
+@register_model
+def vit_small_12h_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-S/16 as MoCo v3 defines it: 12 heads of 32 dims (DeiT-S has 6), MoCo v3's initialisation."""
+    # weight_init="moco": timm's port of vits.py's init (xavier-uniform, q/k/v as three
+    # matrices), which leaves out the patch projection: initialised here as vits.py does.
+    model = _small_vit(
+        dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=12, weight_init="moco"), kwargs
+    )
+    init_patch_embed_xavier(model)
+    return model
+
+
+MODELS.register("vit_small_12h_patch16_224")(("vit", _timm_vit("vit_small_12h_patch16_224")))
+
+
+@torch.no_grad()
+def init_patch_embed_xavier(vit: VisionTransformer) -> None:
+    """Xavier-uniform init of the patch projection seen as a linear map of a flattened patch, zero bias (vits.py)."""
+    proj = vit.patch_embed.proj
+    fan_in = proj.weight[0].numel()  # channels x patch height x patch width
+    bound = math.sqrt(6.0 / (fan_in + proj.out_channels))
+    nn.init.uniform_(proj.weight, -bound, bound)
+    nn.init.zeros_(proj.bias)
+
+
+@torch.no_grad()
+def use_sincos_pos_embed(vit: VisionTransformer) -> None:
+    """Replace the learned position embedding by a fixed 2-D sin-cos one (MoCo v3 §4, vits.py).
+
+    Per patch (row r, column c) and frequency w_d = 1 / 10000^(d / (D/4)):
+    [sin(r w), cos(r w), sin(c w), cos(c w)]; the [CLS] slot gets zeros. timm builds the
+    same values in the order [sin r, sin c, cos r, cos c]; they are regrouped to vits.py's.
+    """
+    grid_h, grid_w = vit.patch_embed.grid_size
+    dim = vit.embed_dim
+    table = build_sincos2d_pos_embed([grid_h, grid_w], dim)  # (H*W, D): [sin r, sin c, cos r, cos c]
+    table = table.view(grid_h * grid_w, 2, 2, dim // 4).transpose(1, 2).reshape(grid_h * grid_w, dim)
+    prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    pos_embed = torch.cat([table.new_zeros(prefix, dim), table])
+    vit.pos_embed.copy_(pos_embed.unsqueeze(0))
+    vit.pos_embed.requires_grad_(False)
+
+
+def freeze_patch_embed(vit: VisionTransformer) -> None:
+    """Stop the gradient at the patch projection: it stays random (MoCo v3 §4.1, main_moco.py --stop-grad-conv1)."""
+    vit.patch_embed.requires_grad_(False)
+
+
+@torch.no_grad()
+def zero_init_residual(resnet: nn.Module) -> None:
+    """Zero the scale of each residual branch's last BN, so every block starts as the identity
+    (Goyal et al. 2017; torchvision's zero_init_residual=True, which MoCo v3's main_moco.py sets)."""
+    for module in resnet.modules():
+        if isinstance(module, torchvision.models.resnet.Bottleneck):
+            nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, torchvision.models.resnet.BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
