@@ -27,17 +27,24 @@ def dino_head(
 
 
 def mlp_head(
-    dims: list[int], batch_norm: bool = True, last_bn: bool = False, last_bn_affine: bool = True
+    dims: list[int],
+    batch_norm: bool = True,
+    last_bn: bool = False,
+    last_bn_affine: bool = True,
+    last_bn_shift: bool = True,
 ) -> ProjectionHead:
     """An MLP ``dims[0] -> ... -> dims[-1]``: hidden blocks Linear-BN-ReLU, last block Linear(-BN).
 
     Linear layers followed by BN have no bias. ``last_bn_affine=False`` gives
-    MoCo v3's final BN without learnable scale and shift.
+    MoCo v3's final BN without learnable scale and shift; ``last_bn_shift=False``
+    SimCLR's, which scales but does not shift (model.py: BatchNorm with center=False).
     """
     blocks = [
         (d_in, d_out, nn.BatchNorm1d(d_out) if batch_norm else None, nn.ReLU(inplace=True))
         for d_in, d_out in zip(dims[:-2], dims[1:-1])
     ]
     last_norm = nn.BatchNorm1d(dims[-1], affine=last_bn_affine) if last_bn else None
+    if last_norm is not None and last_norm.affine and not last_bn_shift:
+        last_norm.register_parameter("bias", None)  # scale only; older torch lacks BatchNorm(bias=False)
     blocks.append((dims[-2], dims[-1], last_norm, None))
     return ProjectionHead(blocks)
