@@ -20,9 +20,23 @@ from sslzoo.errors import UserError
 FORMAT = "sslzoo-checkpoint/1"
 
 
+def os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch.save reports a failed write (a full disk) as a
+    RuntimeError ("unexpected pos") whose context is the file object's OSError."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` atomically; on failure the old file is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed (SIGKILL)
+        stale.unlink(missing_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
@@ -33,8 +47,9 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise UserError(f"could not write {path} ({err.strerror}); the previous file there is kept") from None
+        cause = os_error(err)
+        if cause is not None:
+            raise UserError(f"could not write {path} ({cause.strerror}); the previous file there is kept") from None
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:

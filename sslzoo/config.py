@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: Literal["fmnist", "cifar10", "cifar100", "stl10", "imagefolder"]
+    name: Literal["fmnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic"]
     root: str
     batch_size: int  # per device
     num_workers: int
@@ -93,6 +94,7 @@ class TrainerConfig:
     log_every: int
     compile: bool
     on_nonfinite: Literal["stop", "skip"]  # a NaN/inf loss stops the run, or skips the step
+    online_probe: bool  # train a linear probe on detached features during pre-training (logs online_linear_top1)
 
 
 @dataclass
@@ -259,10 +261,12 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # "inf" and "nan" parse as floats but are never a hyperparameter
+                raise UserError(f"{key} must be a finite number, got {value!r}")
             return float(value)
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -17,6 +17,16 @@ class UserError(Exception):
     """
 
 
+def one_line(err: UserError) -> str:
+    """The error's message. A UserError raised in a DataLoader worker is re-raised in the trainer
+    wrapped in the worker's traceback (torch's ExceptionWrapper.reraise), which ends with the
+    line ``module.Class: message``: that message is the one to show."""
+    lines = str(err).strip().splitlines()
+    if len(lines) <= 1:
+        return str(err)
+    return lines[-1].removeprefix(f"{type(err).__module__}.{type(err).__qualname__}: ")
+
+
 def cli_entry(main: Callable[[list[str]], T]) -> Callable[[list[str] | None], T]:
     """Wrap a command-line ``main(argv)`` so that a :class:`UserError` prints
     ``error: <message>`` on stderr and exits with status 2, and Ctrl-C exits 130."""
@@ -26,7 +36,7 @@ def cli_entry(main: Callable[[list[str]], T]) -> Callable[[list[str] | None], T]
         try:
             return main(sys.argv[1:] if argv is None else argv)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
