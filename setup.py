@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="A comparative zoo of self-supervised learning methods (DINO, BYOL, SimCLR, MoCo v3, iBOT)",
     packages=find_packages(include=["sslzoo", "sslzoo.*"]),
-    package_data={"sslzoo": ["defaults.yaml"]},
+    package_data={"sslzoo": ["defaults.yaml", "eval/protocol.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4,<=2.14.1",

@@ -46,6 +46,7 @@ INFO = {
     "cifar100": DataInfo(3, 32, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "stl10": DataInfo(3, 96, 96, 10, *IMAGENET_STATS),
     "imagefolder": DataInfo(3, 224, 256, 1000, *IMAGENET_STATS),
+    "synthetic": DataInfo(3, 224, 256, 1000, *IMAGENET_STATS),  # ImageNet-shaped noise
 }
 
 
@@ -192,12 +193,36 @@ def load_imagefolder(cfg: DataConfig, split: str) -> SafeImageFolder:
     return SafeImageFolder(folder, cfg.on_corrupt)
 
 
+class SyntheticImages(Dataset):
+    """ImageNet-sized random uint8 images (``data.name=synthetic``): throughput runs need no dataset.
+
+    Image ``i`` is drawn from a generator seeded by ``i``, so it never changes. The
+    images are already tensors: JPEG decoding, part of a real ImageNet loader's work, is left out.
+    """
+
+    LENGTH = {"pretrain": 1_281_167, "train": 1_281_167, "test": 50_000}  # ImageNet-1k's train and val sizes
+
+    def __init__(self, split: str) -> None:
+        info = INFO["synthetic"]
+        self.split, self.shape = split, (info.channels, info.resize, info.resize)
+        self.num_classes = info.num_classes
+
+    def __len__(self) -> int:
+        return self.LENGTH[self.split]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        seed = index if self.split != "test" else self.LENGTH["pretrain"] + index
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randint(0, 256, self.shape, generator=generator, dtype=torch.uint8), index % self.num_classes
+
+
 LOADERS: dict[str, Callable[[DataConfig, str], Dataset]] = {
     "fmnist": lambda cfg, split: load_fmnist(cfg, "test" if split == "test" else "train"),
     "cifar10": load_torchvision,
     "cifar100": load_torchvision,
     "stl10": load_torchvision,
     "imagefolder": load_imagefolder,
+    "synthetic": lambda cfg, split: SyntheticImages(split),
 }
 
 

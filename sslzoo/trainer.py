@@ -3,10 +3,16 @@ the registry and drives everything method-specific through the Method hooks."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import math
 import os
 import random
+import shutil
 import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,7 +30,9 @@ from sslzoo.checkpoint import FORMAT, atomic_save, load_checkpoint
 from sslzoo.config import Config, to_yaml
 from sslzoo.data import ResumableSampler, SeededViews, data_info, load_dataset
 from sslzoo.diagnostics import collapse_metrics
+from sslzoo.distributed import sync_batchnorm
 from sslzoo.errors import UserError
+from sslzoo.eval.online_probe import build_online_probe
 from sslzoo.methods import Method, method_class
 from sslzoo.optim import apply_schedules, build_optimizer, clip_gradients, parameter_groups, scaled_lr
 from sslzoo.schedules import Clock
@@ -64,6 +72,8 @@ def init_distributed(device_kind: str) -> Distributed:
     if world_size == 1:
         return Distributed()
     if not dist.is_initialized():
+        if device_kind == "cuda":  # bind this process to its GPU before NCCL starts
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -106,14 +116,75 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def compile_backbones(method: nn.Module) -> None:
+def ignore_stop_signals(trainer: int, worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the trainer, which saves a checkpoint and then
+    shuts them down. Ctrl-C and job schedulers signal the whole process group, and a worker dying
+    of it would crash the trainer before it saves. As in torch's own worker handler, a SIGTERM
+    sent by the trainer itself (process id ``trainer``; its clean-up at exit) still ends the worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: keep torch's handler
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def exit_when_the_trainer_asks() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=exit_when_the_trainer_asks, daemon=True).start()
+
+
+def channels_last_resnets(method: nn.Module) -> bool:
+    """Store the ResNets' weights as NHWC (channels_last), the layout GPU convolutions run fastest in
+    under autocast; returns whether there was a ResNet, whose inputs then go NHWC too."""
+    resnets = [m.model for m in method.modules() if isinstance(m, Backbone) and not m.is_vit]
+    for model in resnets:
+        model.to(memory_format=torch.channels_last)
+    return bool(resnets)
+
+
+def check_compile_support(device: torch.device) -> None:
+    """torch.compile's default backend (inductor) writes C++ kernels on CPUs and Triton kernels on GPUs:
+    say what is missing before the run, not as an inductor traceback at the first step."""
+    fix = "or set trainer.compile=false"
+    if not torch._dynamo.is_dynamo_supported():
+        raise UserError(f"trainer.compile=true: torch.compile does not support Python {sys.version.split()[0]}; {fix}")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise UserError(f"trainer.compile=true on a GPU needs Triton: pip install triton, {fix}")
+    compiler = os.environ.get("CXX", "g++")
+    if device.type == "cpu" and shutil.which(compiler) is None:
+        raise UserError(
+            f"trainer.compile=true on a CPU needs a C++ compiler ({compiler} not found): "
+            f"apt-get install g++ or set CXX, {fix}"
+        )
+
+
+def compile_backbones(method: nn.Module, device: torch.device) -> None:
     """``trainer.compile``: compile each backbone in place (state_dict keys unchanged)."""
+    check_compile_support(device)
     for module in method.modules():
         if isinstance(module, Backbone):
             module.model.compile()
 
 
 # --------------------------------------------------------------------------- logging
+
+
+def write_text(path: Path, text: str, mode: str = "w") -> None:
+    """Write (or append) ``text``; a full or read-only disk is a one-line UserError."""
+    try:
+        with path.open(mode) as handle:
+            handle.write(text)
+    except OSError as err:
+        raise UserError(f"could not write {path} ({err.strerror}); free some disk space, then resume") from None
+
+
+def record_step(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinite for a line torn by a killed run (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class MetricsLog:
@@ -138,15 +209,17 @@ class MetricsLog:
                 tqdm.write(f"warning: wandb disabled ({err})")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step``: they belong to steps a resumed run will redo."""
+        """Drop records past ``step``: they belong to steps a resumed run will redo. Rewritten
+        through a temporary file, so a kill during the rewrite loses nothing."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(f"{line}\n" for line in kept))
+        kept = [line for line in self.path.read_text().splitlines() if record_step(line) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        write_text(tmp, "".join(f"{line}\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        write_text(self.path, json.dumps(record) + "\n", mode="a")
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
 
@@ -188,6 +261,10 @@ class Trainer:
             persistent_workers=cfg.data.num_workers > 0,
             prefetch_factor=4 if cfg.data.num_workers > 0 else None,
             drop_last=True,
+            # Its own generator: DataLoader draws the workers' base seed at each iter(); from the
+            # global RNG that draw would shift the model's random stream (drop path) on resume.
+            generator=torch.Generator().manual_seed(cfg.seed),
+            worker_init_fn=functools.partial(ignore_stop_signals, os.getpid()),
         )
         steps_per_epoch = self.sampler.batches_per_epoch
         total = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
@@ -195,9 +272,14 @@ class Trainer:
 
         self.method: Method = method_cls(cfg).to(self.device)
         if self.ddp.world_size > 1:
-            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            self.method = sync_batchnorm(self.method, self.device)
+        self.memory_format = torch.preserve_format  # NHWC gains nothing measurable on CPUs
+        if self.device.type == "cuda" and channels_last_resnets(self.method):
+            self.memory_format = torch.channels_last
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest kernels once (main_dino.py)
         if cfg.trainer.compile:
-            compile_backbones(self.method)
+            compile_backbones(self.method, self.device)
         self.model: nn.Module = self.method
         if self.ddp.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -208,9 +290,12 @@ class Trainer:
             parameter_groups(self.method, cfg.optim.exclude_bias_norm), cfg.optim, self.device
         )
         self.dtype = PRECISION[cfg.trainer.precision]
+        if self.dtype == torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("trainer.precision=bf16 needs an Ampere or newer GPU; use trainer.precision=fp16 here")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.trainer.precision == "fp16")
         self.skipped_steps = 0
         self.stop_signal: int | None = None
+        self.probe = build_online_probe(cfg, self.method, self.device) if cfg.trainer.online_probe else None
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -230,6 +315,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "online_probe": self.probe.checkpoint() if self.probe is not None else None,
             "config": self.cfg.raw,
         }
 
@@ -248,6 +334,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.skipped_steps = state["skipped_steps"]
+        if self.probe is not None and state.get("online_probe") is not None:  # else the probe starts afresh
+            self.probe.restore(state["online_probe"])
         self.clock = self.clock.at(state["step"])
         if self.ddp.is_main:
             tqdm.write(f"resumed from {path} at step {self.clock.step}")
@@ -259,11 +347,11 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def step(self, views: list[torch.Tensor]) -> dict:
+    def step(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         """One optimizer step on a batch of views; returns what gets logged."""
         clock = self.clock
         lr, wd = apply_schedules(self.optimizer, self.cfg.optim, clock, self.peak_lr)
-        views = [v.to(self.device, non_blocking=True) for v in views]
+        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format) for v in views]
         with self.autocast():
             out = self.model(views, clock)
         loss = out.loss.float()
@@ -277,6 +365,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_optimizer_step(clock)
+        if self.probe is not None:  # its own optimizer, on detached features
+            self.probe.update(out.features, labels)
         record = {"loss": loss.item(), "lr": lr, "wd": wd, **out.logs}
         if out.embeddings is not None and (clock.step + 1) % self.cfg.trainer.log_every == 0:
             record.update(collapse_metrics(out.embeddings))
@@ -318,7 +408,7 @@ class Trainer:
         self.maybe_resume()
         cfg = self.cfg
         if self.ddp.is_main:
-            (self.out_dir / "config.yaml").write_text(to_yaml(cfg))
+            write_text(self.out_dir / "config.yaml", to_yaml(cfg))
         log = MetricsLog(cfg, self.out_dir, self.clock.step) if self.ddp.is_main else None
         self.install_signal_handlers()
         self.method.train()
@@ -329,8 +419,8 @@ class Trainer:
         try:
             while self.clock.step < self.clock.total_steps:
                 self.sampler.set_position(self.clock.epoch, self.clock.step % self.clock.steps_per_epoch)
-                for views, _labels in self.loader:
-                    record = self.step(views)
+                for views, labels in self.loader:
+                    record = self.step(views, labels)
                     self.clock = self.clock.at(self.clock.step + 1)
                     images += len(views[0]) * self.ddp.world_size
                     bar.update(1)
@@ -338,16 +428,22 @@ class Trainer:
                         now = time.perf_counter()
                         epoch = (self.clock.step - 1) // self.clock.steps_per_epoch  # the epoch this step belonged to
                         record.update(step=self.clock.step, epoch=epoch, images_per_s=images / (now - tick))
+                        if self.probe is not None:
+                            record.update(self.probe.read())
+                        if self.device.type == "cuda":
+                            record["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated(self.device)
                         images, tick = 0, now
                         bar.set_postfix(
                             {k: f"{record[k]:.4g}" for k in ("loss", "lr", "momentum", "images_per_s") if k in record}
                         )
                         if log is not None:
                             log.write(record)
-                    if self.clock.step % cfg.trainer.checkpoint_every == 0:
+                    saved = self.clock.step % cfg.trainer.checkpoint_every == 0
+                    if saved:
                         self.save_checkpoint()
                     if self.stop_signal is not None:
-                        self.save_checkpoint()
+                        if not saved:  # one write only: a scheduler's grace period may be short
+                            self.save_checkpoint()
                         raise Stopped(self.stop_signal)
                     if self.clock.step >= self.clock.total_steps:
                         break

@@ -12,6 +12,38 @@ from torch import Tensor
 
 
 @torch.no_grad()
+def knn_predict_many(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    ks: list[int],
+    temperature: float,
+    num_classes: int,
+    chunk: int = 1024,
+) -> dict[int, Tensor]:
+    """Predicted class of every test feature for each k, from one top-k search.
+
+    The neighbours of the largest k are found once; ``topk`` sorts them, so the
+    first k of them are the k nearest for every smaller k.
+    """
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    labels = train_labels.to(train.device)
+    k_max = min(max(ks), len(train))
+    predictions: dict[int, list[Tensor]] = {k: [] for k in ks}
+    for start in range(0, len(test), chunk):
+        similarity = test[start : start + chunk] @ train.T
+        top_sim, top_index = similarity.topk(k_max, dim=1)
+        weights = (top_sim / temperature).exp()
+        neighbour_labels = labels[top_index]
+        for k in ks:
+            k_used = min(k, k_max)
+            votes = torch.zeros(len(top_sim), num_classes, device=train.device)
+            votes.scatter_add_(1, neighbour_labels[:, :k_used], weights[:, :k_used])
+            predictions[k].append(votes.argmax(dim=1).cpu())
+    return {k: torch.cat(p) for k, p in predictions.items()}
+
+
 def knn_predict(
     train_features: Tensor,
     train_labels: Tensor,
@@ -22,18 +54,21 @@ def knn_predict(
     chunk: int = 1024,
 ) -> Tensor:
     """Predicted class of every test feature."""
-    train = F.normalize(train_features.float(), dim=1)
-    test = F.normalize(test_features.float(), dim=1)
-    k = min(k, len(train))
-    predictions = []
-    for start in range(0, len(test), chunk):
-        similarity = test[start : start + chunk] @ train.T
-        top_sim, top_index = similarity.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
-        votes = torch.zeros(len(top_sim), num_classes)
-        votes.scatter_add_(1, train_labels[top_index], weights)
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
+    return knn_predict_many(train_features, train_labels, test_features, [k], temperature, num_classes, chunk)[k]
+
+
+def knn_top1(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    ks: list[int],
+    temperature: float,
+    num_classes: int,
+) -> dict[int, float]:
+    """Top-1 accuracy in [0, 1] of the weighted kNN classifier for each k."""
+    predicted = knn_predict_many(train_features, train_labels, test_features, ks, temperature, num_classes)
+    return {k: (p == test_labels.cpu()).float().mean().item() for k, p in predicted.items()}
 
 
 def knn_accuracy(
@@ -46,5 +81,4 @@ def knn_accuracy(
 ) -> float:
     """Top-1 accuracy in [0, 1] of the weighted kNN classifier."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    predicted = knn_predict(train_features, train_labels, test_features, k, temperature, num_classes)
-    return (predicted == test_labels).float().mean().item()
+    return knn_top1(train_features, train_labels, test_features, test_labels, [k], temperature, num_classes)[k]

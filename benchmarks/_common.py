@@ -1,0 +1,127 @@
+"""Pieces shared by the benchmark scripts: isolated pre-training runs and their measurements."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRAIN_SCRIPT = REPO_ROOT / "train.py"
+PRETRAIN_FILE = "pretrain.json"  # what pretrain() measured, kept in the run folder
+
+
+def cli_value(value: Any) -> str:
+    """A value as ``train.py`` parses it back (YAML): strings bare, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def train_command(recipe: str, overrides: dict[str, Any]) -> list[str]:
+    return [
+        sys.executable,
+        str(TRAIN_SCRIPT),
+        f"recipe={recipe}",
+        *(f"{k}={cli_value(v)}" for k, v in overrides.items()),
+    ]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Pretrain:
+    """One pre-training subprocess: outcome and cost."""
+
+    recipe: str
+    command: list[str]
+    returncode: int
+    wall_s: float
+    peak_rss_bytes: int | None  # max resident set of the training process (CPU memory)
+    peak_cuda_bytes: int | None  # torch.cuda.max_memory_allocated, logged by the trainer on GPUs
+    images_per_s: float | None  # mean of the trainer's logged throughput, the first (warm-up) window left out
+    error: str | None  # the last line of the log when the run failed
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def peak_memory(self) -> tuple[int | None, str]:
+        """(bytes, kind): GPU memory when the run used a GPU, else the process's peak RSS."""
+        if self.peak_cuda_bytes is not None:
+            return self.peak_cuda_bytes, "cuda max_memory_allocated"
+        return self.peak_rss_bytes, "peak RSS"
+
+
+def wait_with_usage(proc: subprocess.Popen) -> tuple[int, int | None]:
+    """Wait for ``proc``; (exit code, its peak RSS in bytes) from ``wait4``, which reports that child alone."""
+    if not hasattr(os, "wait4"):
+        return proc.wait(), None
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return proc.returncode, usage.ru_maxrss * scale
+
+
+def throughput(metrics: list[dict]) -> float | None:
+    rates = [m["images_per_s"] for m in metrics if "images_per_s" in m]
+    if len(rates) > 1:
+        rates = rates[1:]  # the first window includes start-up
+    return sum(rates) / len(rates) if rates else None
+
+
+def pretrain(recipe: str, overrides: dict[str, Any], run_dir: Path, log_name: str = "train.log") -> Pretrain:
+    """``python train.py recipe=... key=value ...`` in a subprocess writing into ``run_dir``.
+
+    A subprocess isolates memory (its peak is its own) and failures (one crashed
+    method does not stop a benchmark). The output goes to ``run_dir/log_name``.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = train_command(recipe, {**overrides, "trainer.out_dir": str(run_dir)})
+    log = run_dir / log_name
+    with log.open("w") as handle:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            returncode, peak_rss = wait_with_usage(proc)
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+        wall = time.perf_counter() - start
+    metrics = read_metrics(run_dir)
+    cuda = [m["cuda_max_memory_allocated"] for m in metrics if "cuda_max_memory_allocated" in m]
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    error = None if returncode == 0 else (lines[-1] if lines else f"exit status {returncode}")
+    result = Pretrain(
+        recipe, command, returncode, wall, peak_rss, max(cuda) if cuda else None, throughput(metrics), error
+    )
+    (run_dir / PRETRAIN_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def load_pretrain(run_dir: Path) -> Pretrain | None:
+    path = run_dir / PRETRAIN_FILE
+    if not path.is_file():
+        return None
+    return Pretrain(**json.loads(path.read_text()))
+
+
+def mean_std(values: list[float | None]) -> dict[str, float | int | None]:
+    """Mean and sample standard deviation (n - 1) of the values present; std is null for one value."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(present) / len(present)
+    std = math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1)) if len(present) > 1 else None
+    return {"mean": mean, "std": std, "n": len(present)}

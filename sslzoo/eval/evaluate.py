@@ -1,0 +1,241 @@
+"""Evaluate a frozen backbone (of a run, a checkpoint, or a baseline) with the offline protocols.
+
+The command line (``python -m sslzoo.eval``) and ``benchmarks/compare.py`` share
+this module: a :class:`Subject` is what gets evaluated, an :class:`Evaluator`
+extracts its features once and runs the offline kNN and linear probe on them.
+Every record says which protocol produced its number ("offline", "kNN" or
+"linear"), so it cannot be confused with the online probe of pre-training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from sslzoo.backbones import build_model
+from sslzoo.checkpoint import load_checkpoint
+from sslzoo.config import DataConfig, build, validate
+from sslzoo.data import data_info
+from sslzoo.errors import UserError
+from sslzoo.eval.features import RawPixels, describe, eval_split, extract, feature_encoder, train_transform
+from sslzoo.eval.knn import knn_top1
+from sslzoo.eval.linear import linear_probe, linear_probe_augmented
+from sslzoo.eval.protocol import Protocol, to_dict
+from sslzoo.provenance import provenance
+
+KNN_FILE, LINEAR_FILE = "eval_knn.json", "eval_linear.json"
+UNITS = "fraction of the test images classified correctly, in [0, 1]"
+
+
+@dataclass
+class Subject:
+    """A frozen model to evaluate and where it came from."""
+
+    name: str
+    model: nn.Module  # the plain timm/torchvision model, or RawPixels
+    backbone: str  # the backbone's name ("raw_pixels" for the pixel baseline)
+    data: DataConfig
+    weights: dict[str, Any]  # which weights: source file, training step, or a baseline
+    config: dict | None = None  # the run's resolved config
+    out_dir: Path | None = None  # where its eval_*.json go
+
+    def describe(self) -> dict:
+        return {"name": self.name, "backbone": self.backbone, "dataset": self.data.name, "weights": self.weights}
+
+
+# --------------------------------------------------------------------------- loading subjects
+
+
+def read_run_config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no config.yaml: pass the folder of a training run (trainer.out_dir)")
+    tree = yaml.safe_load(path.read_text())
+    if not isinstance(tree, dict) or "data" not in tree or "model" not in tree:
+        raise UserError(f"{path} is not an sslzoo run config")
+    return tree
+
+
+def data_config(tree: dict) -> DataConfig:
+    return build(DataConfig, tree["data"], "data")
+
+
+def plain_model(backbone: str, data: DataConfig) -> nn.Module:
+    return build_model(backbone, in_chans=data_info(data).channels)
+
+
+def from_checkpoint(path: Path, out_dir: Path | None = None) -> Subject:
+    """The evaluated backbone of a training checkpoint (``method.eval_backbone()``: the teacher for DINO/iBOT)."""
+    from sslzoo.methods import method_class
+
+    state = load_checkpoint(path)
+    tree = {**state["config"], "resume": "none"}  # resume paths of the original run need not exist here
+    cfg = validate(tree)
+    method = method_class(cfg.method.name)(cfg)
+    method.load_state_dict(state["model"])
+    if out_dir is None:
+        out_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return Subject(
+        name=cfg.method.name,
+        model=method.eval_backbone().model,
+        backbone=cfg.model.backbone,
+        data=cfg.data,
+        weights={"source": str(path), "step": state["step"], "part": "method.eval_backbone()"},
+        config=tree,
+        out_dir=out_dir,
+    )
+
+
+def from_run(run_dir: Path) -> Subject:
+    """A run folder's final ``backbone.pt``, or its ``checkpoints/last.pt`` if that is newer (a run in progress)."""
+    tree = read_run_config(run_dir)
+    final, last = run_dir / "backbone.pt", run_dir / "checkpoints" / "last.pt"
+    if last.is_file() and (not final.is_file() or last.stat().st_mtime > final.stat().st_mtime):
+        return from_checkpoint(last, run_dir)
+    if not final.is_file():
+        raise UserError(f"{run_dir} has neither backbone.pt nor checkpoints/last.pt: the run saved no weights yet")
+    data = data_config(tree)
+    backbone = str(tree["model"]["backbone"])
+    model = plain_model(backbone, data)
+    try:
+        model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True), strict=True)
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"{final} does not load into {backbone} ({str(err).splitlines()[0]})") from None
+    name = str(tree.get("method", {}).get("name", run_dir.name))
+    return Subject(name, model, backbone, data, {"source": str(final), "step": "final"}, tree, run_dir)
+
+
+def random_init(backbone: str, data: DataConfig, seed: int) -> Subject:
+    """The untrained backbone (the floor every method must beat)."""
+    torch.manual_seed(seed)
+    weights = {"source": "random initialisation", "seed": seed}
+    return Subject("random_init", plain_model(backbone, data), backbone, data, weights)
+
+
+def raw_pixels(data: DataConfig) -> Subject:
+    """The normalised pixels as features (the classic baseline)."""
+    return Subject("raw_pixels", RawPixels(), "raw_pixels", data, {"source": "none: the pixels themselves"})
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Features:
+    knn_train: Tensor
+    probe_train: Tensor
+    train_labels: Tensor
+    knn_test: Tensor
+    probe_test: Tensor
+    test_labels: Tensor
+    description: dict[str, str]
+    extract_s: float
+
+
+@dataclass
+class Evaluator:
+    """Offline kNN and linear probe of subjects under one protocol; labelled splits loaded once."""
+
+    protocol: Protocol
+    _splits: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        choice = self.protocol.device
+        if choice == "cuda" and not torch.cuda.is_available():
+            raise UserError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
+        return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+    def split(self, data: DataConfig, name: str):
+        key = (data.name, data.root, name)
+        if key not in self._splits:
+            limit = self.protocol.train_limit if name == "train" else self.protocol.test_limit
+            self._splits[key] = eval_split(data, name, limit)
+        return self._splits[key]
+
+    def encoder(self, subject: Subject) -> nn.Module:
+        if isinstance(subject.model, RawPixels):
+            return subject.model
+        return feature_encoder(subject.model, subject.backbone, self.protocol.linear).to(self.device)
+
+    def features(self, subject: Subject) -> Features:
+        """Both feature kinds of the train and test splits, in one pass over each."""
+        p, start = self.protocol, time.perf_counter()
+        encoder = self.encoder(subject)
+        args = (p.feature_batch_size, p.num_workers, self.device)
+        (knn_train, probe_train), train_labels = extract(encoder, self.split(subject.data, "train"), *args)
+        (knn_test, probe_test), test_labels = extract(encoder, self.split(subject.data, "test"), *args)
+        return Features(
+            knn_train, probe_train, train_labels, knn_test, probe_test, test_labels,
+            describe(encoder), time.perf_counter() - start,
+        )  # fmt: skip
+
+    def knn(self, subject: Subject, f: Features) -> dict:
+        p, start = self.protocol.knn, time.perf_counter()
+        device = self.device
+        top1 = knn_top1(
+            f.knn_train.to(device), f.train_labels.to(device), f.knn_test.to(device), f.test_labels,
+            p.ks, p.temperature, data_info(subject.data).num_classes,
+        )  # fmt: skip
+        return {
+            "evaluation": "offline",
+            "protocol": "kNN",
+            "description": "offline weighted kNN on frozen, L2-normalised features (DINO eval_knn.py)",
+            "knn_top1": {str(k): acc for k, acc in top1.items()},
+            "headline": {"k": p.headline_k, "knn_top1": top1[p.headline_k]},
+            "temperature": p.temperature,
+            "units": UNITS,
+            "features": f.description["knn"],
+            "feature_dim": f.knn_train.shape[1],
+            "train_images": len(f.train_labels),
+            "test_images": len(f.test_labels),
+            "subject": subject.describe(),
+            "extract_s": f.extract_s,
+            "eval_s": time.perf_counter() - start,
+        }
+
+    def linear(self, subject: Subject, f: Features, seed: int | None = None) -> dict:
+        """The offline linear probe; ``seed`` (default: the protocol's) fixes its initialisation and order."""
+        p, start = self.protocol, time.perf_counter()
+        seed = p.seed if seed is None else seed
+        num_classes = data_info(subject.data).num_classes
+        test = (f.probe_test, f.test_labels)
+        if p.linear.augment:
+            dataset = eval_split(subject.data, "train", p.train_limit, train_transform(subject.data, p.linear))
+            dim = f.probe_train.shape[1]
+            args = (self.encoder(subject), dataset, test, dim, num_classes, p.linear, seed, p.num_workers)
+            probe = linear_probe_augmented(*args, device=self.device)
+        else:
+            probe = linear_probe((f.probe_train, f.train_labels), test, num_classes, p.linear, seed, self.device)
+        return {
+            "evaluation": "offline",
+            "protocol": "linear",
+            "description": "offline linear probe on frozen features (DINO eval_linear.py"
+            + (", standardised features as MAE's probe)" if p.linear.standardize else ")"),
+            "linear_top1": probe.pop("linear_top1"),
+            "units": UNITS,
+            "augment": p.linear.augment,
+            "seed": seed,
+            **probe,
+            "features": f.description["linear"],
+            "feature_dim": f.probe_train.shape[1],
+            "train_images": len(f.train_labels),
+            "test_images": len(f.test_labels),
+            "subject": subject.describe(),
+            "extract_s": f.extract_s,
+            "eval_s": time.perf_counter() - start,
+        }
+
+
+def write_record(path: Path, record: dict, subject: Subject, protocol: Protocol) -> None:
+    """A result file: the numbers, the protocol, the run's config and the provenance."""
+    full = {**record, "protocol_settings": to_dict(protocol), "run_config": subject.config, "provenance": provenance()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(full, indent=2) + "\n")

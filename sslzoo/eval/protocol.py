@@ -1,0 +1,112 @@
+"""The evaluation protocols (``sslzoo/eval/protocol.yaml``), typed and overridable."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sslzoo.config import build, dotted_keys, read_yaml, set_dotted
+from sslzoo.errors import UserError
+
+PROTOCOL_FILE = Path(__file__).resolve().parent / "protocol.yaml"
+
+
+@dataclass
+class KNNProtocol:
+    ks: list[int]
+    headline_k: int
+    temperature: float
+
+
+@dataclass
+class ViTFeatures:
+    backbone: str  # a backbone name, or "*" for any
+    n_last_blocks: int
+    avgpool_patchtokens: bool
+
+
+@dataclass
+class LinearProtocol:
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_scaling: Literal["linear", "none"]
+    momentum: float
+    weight_decay: float
+    init_std: float
+    standardize: bool
+    augment: bool
+    crop_scale: list[float]
+    flip_p: float
+    vit_features: list[ViTFeatures]
+
+    def scaled_lr(self) -> float:
+        return self.lr * self.batch_size / 256 if self.lr_scaling == "linear" else self.lr
+
+    def vit_rule(self, backbone: str) -> ViTFeatures:
+        for rule in self.vit_features:
+            if rule.backbone in (backbone, "*"):
+                return rule
+        raise UserError(f"linear.vit_features has no entry for {backbone}; add one or a '*' entry")
+
+
+@dataclass
+class OnlineProbeProtocol:
+    lr: float
+    momentum: float
+    init_std: float
+    seed: int
+
+
+@dataclass
+class Protocol:
+    device: Literal["auto", "cpu", "cuda"]
+    feature_batch_size: int
+    num_workers: int
+    train_limit: int | None
+    test_limit: int | None
+    seed: int
+    knn: KNNProtocol
+    linear: LinearProtocol
+    online_probe: OnlineProbeProtocol
+
+
+def protocol_keys() -> list[str]:
+    return dotted_keys(read_yaml(PROTOCOL_FILE))
+
+
+def load_protocol(overrides: dict[str, Any] | None = None) -> Protocol:
+    """The protocol file with dotted ``overrides`` (``{"knn.ks": [20]}``) applied and checked."""
+    tree = read_yaml(PROTOCOL_FILE)
+    valid = dotted_keys(tree)
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value, valid)
+    protocol = build(Protocol, tree, "")
+    check(protocol)
+    return protocol
+
+
+def check(p: Protocol) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    need(p.feature_batch_size > 0 and p.linear.batch_size > 0, "batch sizes must be positive integers")
+    need(p.num_workers >= 0, "num_workers must be 0 or more")
+    for name in ("train_limit", "test_limit"):
+        limit = getattr(p, name)
+        need(limit is None or limit > 0, f"{name} must be a positive integer or null")
+    need(len(p.knn.ks) > 0 and all(k > 0 for k in p.knn.ks), "knn.ks must be a non-empty list of positive integers")
+    need(p.knn.headline_k in p.knn.ks, f"knn.headline_k={p.knn.headline_k} must be one of knn.ks={p.knn.ks}")
+    need(p.knn.temperature > 0, "knn.temperature must be positive")
+    need(p.linear.epochs > 0, "linear.epochs must be a positive integer")
+    need(p.linear.lr > 0 and p.online_probe.lr > 0, "learning rates must be positive")
+    lo, hi = (p.linear.crop_scale + [0.0, 0.0])[:2]
+    need(len(p.linear.crop_scale) == 2 and 0 < lo <= hi <= 1, "linear.crop_scale must be [min, max] in (0, 1]")
+    need(all(r.n_last_blocks > 0 for r in p.linear.vit_features), "linear.vit_features n_last_blocks must be > 0")
+
+
+def to_dict(protocol: Protocol) -> dict:
+    return dataclasses.asdict(protocol)
