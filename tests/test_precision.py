@@ -1,0 +1,92 @@
+"""trainer.precision selects the autocast dtype, keeps fp32 master weights and losses; ResNets go channels_last."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sslzoo.backbones import Backbone
+from sslzoo.config import RECIPES_DIR, load_config
+from sslzoo.methods import method_class
+from sslzoo.schedules import Clock
+from sslzoo.trainer import Trainer, channels_last_resnets
+
+EXPECTED = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SMALL_DINO = {"method.out_dim": 256, "method.hidden_dim": 256, "method.bottleneck_dim": 64, "data.batch_size": 8}
+
+
+def backbone_matmul_dtypes(method: nn.Module) -> list[torch.dtype]:
+    """Records the output dtype of every linear layer inside a backbone from now on (the backbone's
+    own output is fp32 under autocast: its final LayerNorm runs in fp32)."""
+    seen: list[torch.dtype] = []
+    for backbone in method.modules():
+        if isinstance(backbone, Backbone):
+            for layer in backbone.modules():
+                if isinstance(layer, nn.Linear):
+                    layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_precision_flag_selects_the_autocast_dtype(precision: str, tiny_config) -> None:
+    trainer = Trainer(tiny_config("dino_fmnist", **SMALL_DINO, **{"trainer.precision": precision}))
+    seen = backbone_matmul_dtypes(trainer.method)
+    views, _ = next(iter(trainer.loader))
+    record = trainer.step(views)
+    assert seen and set(seen) == {EXPECTED[precision]}  # student and teacher backbones run in the chosen dtype
+    assert all(p.dtype == torch.float32 for p in trainer.method.parameters())  # fp32 master weights
+    assert trainer.method.loss.center.dtype == torch.float32
+    assert trainer.scaler.is_enabled() == (precision == "fp16")  # loss scaling only where fp16 needs it
+    assert torch.isfinite(torch.tensor(record["loss"]))
+
+
+FMNIST_RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*_fmnist.yaml"))
+
+
+@pytest.mark.parametrize("recipe", FMNIST_RECIPES)
+def test_losses_stay_fp32_under_bf16_autocast(recipe: str, tiny_config) -> None:
+    cfg = tiny_config(recipe, **{"data.batch_size": 8})
+    torch.manual_seed(0)
+    method = method_class(cfg.method.name)(cfg)
+    aug = cfg.augment
+    sizes = [aug.global_size] * aug.global_crops + [aug.local_size] * aug.local_crops
+    views = [torch.randn(8, 1, size, size) for size in sizes]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(views, Clock(0, 10, 5, 2))
+    assert out.loss.dtype == torch.float32, f"{recipe}: the loss is computed in {out.loss.dtype}"
+    assert torch.isfinite(out.loss)
+
+
+def test_dino_teacher_distribution_and_centre_are_fp32() -> None:
+    from sslzoo.losses.dino import DINOLoss
+
+    loss = DINOLoss(out_dim=16, center_momentum=0.9)
+    teacher = torch.randn(4, 16).bfloat16()
+    assert loss.teacher_probs(teacher, 0.04).dtype == torch.float32
+    loss.update_center(loss.batch_center(teacher))
+    assert loss.center.dtype == torch.float32
+    student = [torch.randn(4, 16).bfloat16() for _ in range(3)]
+    assert loss(student, [teacher, teacher], 0.1, 0.04).dtype == torch.float32
+
+
+def test_resnets_go_channels_last_and_vits_stay_as_they_are() -> None:
+    def build(recipe: str, **overrides):
+        cfg = load_config(recipe, {"trainer.device": "cpu", "resume": "none", **overrides})
+        return method_class(cfg.method.name)(cfg)
+
+    resnet_method = build("simclr_fmnist", **{"model.backbone": "resnet18_cifar", "method.hidden_dim": 64})
+    assert channels_last_resnets(resnet_method)
+    convs = [m for m in resnet_method.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    z, _ = resnet_method.encoder([torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)] * 2)
+    assert torch.isfinite(z).all()
+
+    vit_method = build("dino_fmnist", **SMALL_DINO)
+    assert not channels_last_resnets(vit_method)
+
+
+def test_trainer_keeps_inputs_contiguous_on_cpu(tiny_config) -> None:
+    cfg = tiny_config("simclr_fmnist", **{"model.backbone": "resnet18_cifar", "method.hidden_dim": 64})
+    trainer = Trainer(cfg)
+    assert trainer.memory_format == torch.preserve_format  # channels_last is for GPUs only

@@ -1,0 +1,41 @@
+"""The throughput benchmark runs end to end on synthetic data and writes its JSON and table (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from sslzoo.data import SyntheticImages
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_synthetic_images_are_fixed_imagenet_shaped_noise() -> None:
+    data = SyntheticImages("pretrain")
+    image, label = data[7]
+    assert image.shape == (3, 256, 256) and image.dtype == torch.uint8 and label == 7
+    assert torch.equal(image, data[7][0]) and not torch.equal(image, data[8][0])
+    assert not torch.equal(image, SyntheticImages("test")[7][0])
+    assert len(data) == 1_281_167
+
+
+def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "method=dino", "data=synthetic"]
+    command += ["batch=4", "steps=1", "warmup=1", "workers=0", "device=cpu", f"out={out}"]
+    command += ["method.out_dim=256", "method.hidden_dim=256", "method.bottleneck_dim=64"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = json.loads(out.read_text())
+    assert record["data"] == "synthetic" and record["crops"] == "2x28+4x12" and record["batch_per_device"] == 4
+    for key in ("model_images_per_s", "loader_images_per_s", "end_to_end_images_per_s", "sslzoo_over_lightly"):
+        assert record[key] > 0, key
+    assert record["lightly"]["images_per_s"] > 0
+    assert record["bottleneck"] in ("loader", "model")
+    assert record["model_images_per_s"] == 4 / record["model_step_s_median"]
+    table = out.with_suffix(".md").read_text()
+    assert "| dino | vit_micro_patch4_28 | 2x28+4x12 | 4 | fp32 |" in table
