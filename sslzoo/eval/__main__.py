@@ -8,7 +8,7 @@ from sslzoo.config import parse_overrides
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.eval.protocol import load_protocol, protocol_keys
 
-USAGE = """usage: python -m sslzoo.eval {knn,linear,all} run=RUN_DIR | ckpt=PATH [out=DIR] [key=value ...]
+USAGE = """usage: python -m sslzoo.eval {{knn,linear,all}} run=RUN_DIR | ckpt=PATH [out=DIR] [key=value ...]
 
 Offline evaluation of a frozen backbone (not the online probe of pre-training):
   knn     weighted kNN (DINO eval_knn.py)             -> eval_knn.json with knn_top1 per k

@@ -1,0 +1,429 @@
+"""The teaching lab's ablations: ``python benchmarks/ablations.py [key=value ...]``.
+
+Reproduces three qualitative claims of the papers on Fashion-MNIST, on a CPU:
+
+- dino: DINO without centring collapses to one dimension (teacher entropy -> 0),
+  without sharpening to the uniform distribution (entropy -> log K); with both it
+  does not; in both collapses the student-teacher KL goes to 0 (DINO §5.3, Figure 7).
+- byol: BYOL without the predictor, or with the target equal to the online
+  network (momentum 0), collapses; with both it learns (BYOL Table 5).
+- batch: SimCLR loses more accuracy than BYOL as the batch shrinks (BYOL Figure 3a).
+
+Every experiment is ``python train.py recipe=... overrides`` in its own
+subprocess (run folders under ``runs=``); each backbone is then evaluated
+offline with the kNN protocol of ``sslzoo.eval`` (on ``eval.train_limit`` /
+``eval.test_limit`` images), and the results folder (``out=``) receives
+``ablations.json``, ``ablations.md`` and one PNG per group.
+
+Options: ``only=dino,byol,batch`` (groups), ``steps=N`` (every experiment's
+step budget at its reference batch; the default budgets below fit the whole set
+in about 60 minutes on 2 CPU cores), ``reuse=true`` (keep a finished run of the
+same command), ``out=DIR``, ``runs=DIR``; ``eval.KEY=...`` goes to the
+evaluation protocol (sslzoo/eval/protocol.yaml) and any other dotted key to
+every training run (e.g. ``data.num_workers=2``; the default here is 0, see
+TRAIN_DEFAULTS).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import load_pretrain, pretrain, train_command  # noqa: E402
+
+from sslzoo.config import available_recipes, load_config, parse_overrides  # noqa: E402
+from sslzoo.errors import UserError, cli_entry  # noqa: E402
+
+GROUPS = ("dino", "byol", "batch")
+DEFAULTS = {
+    "only": ",".join(GROUPS),
+    "steps": None,  # None: each experiment's own budget (below)
+    "reuse": False,
+    "out": "benchmarks/results/ablations",
+    "runs": "runs/ablations",
+}
+# Offline kNN on a subset (the full 60k/10k split would cost as much as a training run per experiment).
+EVAL_DEFAULTS = {"train_limit": 10000, "test_limit": 5000, "knn.ks": [20]}
+# Every run logs every LOG_EVERY steps: curves dense enough to see a collapse happen.
+LOG_EVERY = 5
+
+# Step budgets, sized for the whole default set to fit about 60 minutes on 2 CPU cores: single-thread
+# CPU seconds per step (augmentation + compute) were measured at 2.9 (DINO, batch 128 with 4 local
+# crops), 3.7 (BYOL, 256), 2.8 (SimCLR, 256), 0.2 (BYOL and SimCLR, 16); see docs/teaching_lab.md.
+# Both DINO collapses show in the first hundred steps (entropy and KL curves); the batch sweep keeps
+# the number of images seen fixed: steps x batch = BATCH_STEPS x BATCH_SIZES[0].
+DINO_STEPS = 180
+BYOL_STEPS = 220
+BATCH_SIZES = (128, 32, 8)  # a 16x range, as 4096 -> 256 in BYOL Figure 3a; 128 is the recipes' batch
+BATCH_STEPS = BYOL_STEPS  # at the largest batch: the byol ablation's reference run is shared
+# On 2 cores, data-loading workers compete with the compute threads: measured 1.8x more images/s with
+# none (DINO, batch 32, on the shared 2-core sandbox). Override with data.num_workers=2.
+TRAIN_DEFAULTS = {"data.num_workers": 0}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # run folder under runs=
+    groups: tuple[str, ...]
+    recipe: str
+    label: str  # legend label, in the reading group's vocabulary
+    overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0  # at the reference batch
+    batch_size: int | None = None  # None: the recipe's
+
+
+def experiments() -> list[Experiment]:
+    """The default set. DINO "no sharpening" sets the teacher temperature to the student's (tau_t = tau_s):
+    the teacher is then no sharper than the student. DINO §5.3 does not give the value it used; the
+    official main_dino.py warns that tau_t above 0.07 is unstable (--teacher_temp help), and tau_t = tau_s
+    is the smallest change that removes sharpening altogether."""
+    tau_s = load_config("dino_fmnist").method.student_temp
+    reference = BATCH_SIZES[0]
+    out = [
+        Experiment("dino", ("dino",), "dino_fmnist", "centring + sharpening (DINO)", steps=DINO_STEPS),
+        Experiment(
+            "dino_no_centring",
+            ("dino",),
+            "dino_fmnist",
+            "sharpening only (no centring)",
+            {"method.center_momentum": 1.0},  # the centre stays 0 (C <- 1 * C)
+            DINO_STEPS,
+        ),
+        Experiment(
+            "dino_no_sharpening",
+            ("dino",),
+            "dino_fmnist",
+            f"centring only (no sharpening, τt = τs = {tau_s:g})",
+            {"method.teacher_temp": tau_s, "method.warmup_teacher_temp": tau_s},
+            DINO_STEPS,
+        ),
+        Experiment(
+            f"byol_b{reference}",
+            ("byol", "batch"),
+            "byol_fmnist",
+            "predictor + EMA target (BYOL)",
+            steps=BYOL_STEPS,
+            batch_size=reference,
+        ),
+        Experiment(
+            "byol_no_predictor",
+            ("byol",),
+            "byol_fmnist",
+            "no predictor",
+            {"method.use_predictor": False},
+            BYOL_STEPS,
+            reference,
+        ),
+        Experiment(
+            "byol_momentum0",
+            ("byol",),
+            "byol_fmnist",
+            "target = online (momentum 0, stop-gradient only)",
+            {"method.momentum_base": 0.0, "method.momentum_cosine": False},  # constant 0: the target copies
+            BYOL_STEPS,
+            reference,
+        ),
+    ]
+    for method in ("simclr", "byol"):
+        for batch in BATCH_SIZES:
+            if (method, batch) != ("byol", reference):
+                out.append(
+                    Experiment(f"{method}_b{batch}", ("batch",), f"{method}_fmnist", method, {}, BATCH_STEPS, batch)
+                )
+    return out
+
+
+def budget(experiment: Experiment, steps: int | None) -> int:
+    """Optimizer steps of ``experiment``: ``steps`` (or its own budget) at the reference batch, scaled so
+    that a run at another batch size sees as many images."""
+    base = experiment.steps if steps is None else steps
+    if experiment.batch_size is None:
+        return base
+    return max(1, round(base * BATCH_SIZES[0] / experiment.batch_size))
+
+
+# --------------------------------------------------------------------------- options
+
+
+def parse(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(options, overrides for every training run, overrides for the evaluation protocol)."""
+    options, train, evaluation = dict(DEFAULTS), {}, dict(EVAL_DEFAULTS)
+    for key, value in parse_overrides(argv).items():
+        if key.startswith("eval."):
+            evaluation[key[len("eval.") :]] = value
+        elif key in options:
+            options[key] = value
+        elif "." in key:
+            train[key] = value
+        else:
+            raise UserError(
+                f"unknown option '{key}'; options: {', '.join(DEFAULTS)}, eval.KEY=..., or a dotted recipe key"
+            )
+    only = [g.strip() for g in str(options["only"]).split(",") if g.strip()]
+    unknown = [g for g in only if g not in GROUPS]
+    if unknown or not only:
+        raise UserError(f"only={options['only']}: choose groups among {', '.join(GROUPS)}")
+    options["only"] = only
+    steps = options["steps"]
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise UserError(f"steps={steps} must be a positive integer")
+    if not isinstance(options["reuse"], bool):
+        raise UserError(f"reuse={options['reuse']} must be true or false")
+    return options, train, evaluation
+
+
+# --------------------------------------------------------------------------- running
+
+
+def overrides_of(experiment: Experiment, steps: int | None, train: dict[str, Any]) -> dict[str, Any]:
+    batch = {"data.batch_size": experiment.batch_size} if experiment.batch_size is not None else {}
+    return {
+        "resume": "none",
+        "logger.wandb": "off",
+        "trainer.log_every": LOG_EVERY,
+        **TRAIN_DEFAULTS,
+        **train,
+        **experiment.overrides,
+        **batch,
+        "trainer.max_steps": budget(experiment, steps),
+    }
+
+
+def reusable(directory: Path, recipe: str, overrides: dict[str, Any]):
+    """A finished successful run of exactly this command in ``directory``, or None."""
+    previous = load_pretrain(directory)
+    command = train_command(recipe, {**overrides, "trainer.out_dir": str(directory)})
+    if previous is None or not previous.ok or previous.command[1:] != command[1:]:
+        return None
+    return previous if (directory / "backbone.pt").is_file() else None
+
+
+def last_values(directory: Path) -> dict[str, float]:
+    """The last logged value of each diagnostic."""
+    from sslzoo.viz.runs import Run
+
+    keys = ("loss", "embed_std", "embed_rank", "teacher_entropy", "kl")
+    last: dict[str, float] = {}
+    for record in Run.open(directory).metrics:
+        last.update({k: record[k] for k in keys if isinstance(record.get(k), (int, float))})
+    return last
+
+
+def run_experiment(experiment: Experiment, options: dict, train: dict, evaluator) -> dict:
+    from sslzoo.eval.evaluate import from_run
+
+    directory = Path(options["runs"]) / experiment.name
+    overrides = overrides_of(experiment, options["steps"], train)
+    entry: dict[str, Any] = {**asdict(experiment), "run_dir": str(directory), "steps": overrides["trainer.max_steps"]}
+    if experiment.recipe not in available_recipes():
+        print(f"[{experiment.name}] skipped: recipe {experiment.recipe} does not exist", flush=True)
+        return {**entry, "status": "skipped", "error": f"recipe {experiment.recipe} does not exist"}
+    result = reusable(directory, experiment.recipe, overrides) if options["reuse"] else None
+    reused = result is not None
+    if result is None:
+        print(f"[{experiment.name}] training {entry['steps']} steps -> {directory}", flush=True)
+        result = pretrain(experiment.recipe, overrides, directory)
+    entry.update(reused=reused, command=" ".join(result.command[1:]), train_wall_s=result.wall_s, error=result.error)
+    if not result.ok:
+        print(f"[{experiment.name}] FAILED: {result.error} (log: {directory / 'train.log'})", flush=True)
+        return {**entry, "status": "failed"}
+    (directory / "checkpoints" / "last.pt").unlink(missing_ok=True)  # backbone.pt is what gets evaluated
+    subject = from_run(directory)
+    knn = evaluator.knn(subject, evaluator.features(subject))
+    entry.update(status="ok", knn_top1=knn["headline"]["knn_top1"], final=last_values(directory))
+    print(
+        f"[{experiment.name}] {result.wall_s / 60:.1f} min, offline kNN@{knn['headline']['k']} "
+        f"{100 * entry['knn_top1']:.2f}%, last logged " + ", ".join(f"{k} {v:.4g}" for k, v in entry["final"].items()),
+        flush=True,
+    )
+    return entry
+
+
+def random_init_knn(evaluator, entries: list[dict]) -> float | None:
+    """kNN of the untrained backbone on the experiments' data: what a method that learned nothing scores."""
+    from sslzoo.eval.evaluate import from_run, random_init
+
+    done = [e for e in entries if e["status"] == "ok"]
+    if not done:
+        return None
+    trained = from_run(Path(done[0]["run_dir"]))
+    subject = random_init(trained.backbone, trained.data, seed=0)
+    return evaluator.knn(subject, evaluator.features(subject))["headline"]["knn_top1"]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def ok_runs(results: dict, group: str):
+    from sslzoo.viz.runs import Run
+
+    entries = [e for e in results["experiments"] if group in e["groups"] and e["status"] == "ok"]
+    return entries, [Run.open(e["run_dir"]) for e in entries]
+
+
+def knn_label(entry: dict) -> str:
+    return f"{entry['label']} (kNN {100 * entry['knn_top1']:.1f}%)"
+
+
+def curves_figure(results: dict, group: str, keys: list[str], title: str, bars: bool):
+    """Diagnostic curves of one group, optionally with a kNN bar panel."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    from sslzoo.viz.dynamics import draw, legend
+
+    entries, runs = ok_runs(results, group)
+    keys = [k for k in keys if any(k in r for run in runs for r in run.metrics)]
+    panels = len(keys) + bars
+    fig = Figure(figsize=(3.5 * panels, 3.6), layout="constrained")
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    labels = [knn_label(e) for e in entries]
+    for ax, key in zip(axes, keys):
+        draw(ax, key, runs, labels)
+    if bars:
+        ax = axes[-1]
+        colours = colormaps["tab10"].colors
+        ax.bar(range(len(entries)), [100 * e["knn_top1"] for e in entries], color=colours[: len(entries)])
+        floor = 100 * results["random_init_knn_top1"]
+        ax.axhline(floor, color="gray", ls="--", lw=1, label=f"random-init backbone (kNN {floor:.1f}%)")
+        ax.set_xticks([])
+        ax.set_title("offline kNN@20 top-1 (%)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    legend(fig, axes)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def batch_figure(results: dict):
+    """kNN top-1 against the batch size, and the drop from the largest batch (BYOL Figure 3a)."""
+    from matplotlib.figure import Figure
+
+    entries = [e for e in results["experiments"] if "batch" in e["groups"] and e["status"] == "ok"]
+    fig = Figure(figsize=(8.0, 3.4), layout="constrained")
+    top1, drop = fig.subplots(1, 2)
+    for method, label, colour in (
+        ("simclr", "SimCLR (negatives)", "tab:blue"),
+        ("byol", "BYOL (no negatives)", "tab:orange"),
+    ):
+        points = sorted((e["batch_size"], 100 * e["knn_top1"]) for e in entries if e["recipe"] == f"{method}_fmnist")
+        if not points:
+            continue
+        sizes, accs = zip(*points)
+        top1.plot(sizes, accs, "o-", color=colour, label=label)
+        if sizes[-1] == BATCH_SIZES[0]:
+            drop.plot(sizes, [a - accs[-1] for a in accs], "o-", color=colour, label=label)
+    top1.axhline(100 * results["random_init_knn_top1"], color="gray", ls="--", lw=1, label="random-init backbone")
+    for ax, title in ((top1, "offline kNN@20 top-1 (%)"), (drop, f"change from batch {BATCH_SIZES[0]} (% points)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(BATCH_SIZES, [str(b) for b in BATCH_SIZES])
+        ax.invert_xaxis()  # the batch shrinks from left to right, as in BYOL Figure 3a
+        ax.set_xlabel("batch size (same number of images seen)", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Batch-size sensitivity: negatives (SimCLR) vs. predictor + EMA target (BYOL)", fontsize=10)
+    return fig
+
+
+FIGURES = {
+    "dino": (
+        "dino_centring_sharpening.png",
+        lambda r: curves_figure(
+            r, "dino", ["teacher_entropy", "kl", "embed_std", "embed_rank"],
+            "DINO: centring and sharpening are both needed (DINO §5.3, Figure 7)", bars=False,
+        ),
+    ),
+    "byol": (
+        "byol_predictor_target.png",
+        lambda r: curves_figure(
+            r, "byol", ["loss", "embed_std", "embed_rank"],
+            "BYOL: without the predictor or the slow target it collapses (BYOL Table 5)", bars=True,
+        ),
+    ),
+    "batch": ("batch_size.png", batch_figure),
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(results: dict) -> str:
+    floor = results["random_init_knn_top1"]
+    lines = [
+        "# Teaching-lab ablations",
+        "",
+        f"Offline kNN@20 top-1 on {results['eval']['train_limit']} train / {results['eval']['test_limit']} test "
+        f"images; random-init backbone: {'n/a' if floor is None else f'{100 * floor:.2f}%'}. Last logged diagnostics.",
+        "",
+        "| group | run | steps | batch | kNN@20 (%) | teacher entropy | KL | embed std | eff. rank | train (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(entry: dict, key: str, digits: int) -> str:
+        value = entry.get("final", {}).get(key)
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    for e in results["experiments"]:
+        knn = f"{100 * e['knn_top1']:.2f}" if e["status"] == "ok" else e["status"]
+        batch = str(e["batch_size"] or "recipe")
+        minutes = f"{e['train_wall_s'] / 60:.1f}" if "train_wall_s" in e else "—"
+        lines.append(
+            f"| {'/'.join(e['groups'])} | {e['label']} | {e['steps']} | {batch} | {knn} | "
+            f"{cell(e, 'teacher_entropy', 2)} | {cell(e, 'kl', 3)} | {cell(e, 'embed_std', 4)} | "
+            f"{cell(e, 'embed_rank', 1)} | {minutes} |"
+        )
+    lines += ["", f"Total wall time: {results['total_wall_s'] / 60:.1f} min.", ""]
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    options, train, evaluation = parse(argv)
+    from sslzoo.eval.evaluate import Evaluator
+    from sslzoo.eval.protocol import load_protocol, to_dict
+    from sslzoo.provenance import provenance
+
+    protocol = load_protocol(evaluation)
+    evaluator = Evaluator(protocol)
+    chosen = [e for e in experiments() if set(e.groups) & set(options["only"])]
+    for experiment in chosen:  # a typo in an override fails here, before any run starts
+        if experiment.recipe in available_recipes():
+            load_config(experiment.recipe, overrides_of(experiment, options["steps"], train))
+    # absolute: the training subprocesses run in the repository root
+    options["runs"], out = str(Path(options["runs"]).resolve()), Path(options["out"]).resolve()
+    start = time.perf_counter()
+    entries = [run_experiment(e, options, train, evaluator) for e in chosen]
+    results = {
+        "argv": argv,
+        "options": options,
+        "train_overrides": train,
+        "eval": {"train_limit": protocol.train_limit, "test_limit": protocol.test_limit, **to_dict(protocol)["knn"]},
+        "random_init_knn_top1": random_init_knn(evaluator, entries),
+        "experiments": entries,
+        "provenance": provenance(),
+    }
+    results["total_wall_s"] = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablations.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "ablations.md").write_text(markdown(results))
+    for group in options["only"]:
+        name, make = FIGURES[group]
+        if any(group in e["groups"] and e["status"] == "ok" for e in entries):
+            make(results).savefig(out / name, dpi=130)
+            print(f"wrote {out / name}")
+    print(markdown(results))
+    failed = [e["name"] for e in entries if e["status"] == "failed"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

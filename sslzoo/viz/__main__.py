@@ -1,0 +1,202 @@
+"""``python -m sslzoo.viz COMMAND key=value ...``: the teaching lab's figures as PNG files."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sslzoo.config import parse_overrides
+from sslzoo.errors import UserError, cli_entry
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Option:
+    kind: type  # str, int, float or list (of str, written a,b,c)
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    options: dict[str, Option]
+    make: Callable[[dict[str, Any]], Path]
+
+
+def save(fig, out: str) -> Path:
+    """Write ``fig`` as a PNG at ``out`` (folders created)."""
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"out={out} must name a .png file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=130)
+    except OSError as err:
+        raise UserError(f"cannot write {path} ({err.strerror}); choose another out=") from None
+    return path
+
+
+def default_out(options: dict[str, Any], run_key: str, name: str) -> str:
+    """``out=`` if given, else ``name`` inside the (first) run folder."""
+    if options["out"]:
+        return options["out"]
+    run = options[run_key]
+    return str(Path(run[0] if isinstance(run, list) else run) / name)
+
+
+def attention(options: dict[str, Any]) -> Path:
+    from sslzoo.viz.attention import attention_figure
+    from sslzoo.viz.runs import Run
+
+    fig = attention_figure(Run.open(options["run"]), options["images"], options["threshold"])
+    return save(fig, default_out(options, "run", "attention.png"))
+
+
+def embeddings(options: dict[str, Any]) -> Path:
+    from sslzoo.viz.embeddings import embedding_figure
+    from sslzoo.viz.runs import open_runs, run_labels
+
+    runs = open_runs(options["runs"])
+    labels = run_labels(runs, options["labels"])
+    fig = embedding_figure(runs, labels, options["points"], options["projection"], options["seed"])
+    return save(fig, default_out(options, "runs", "embeddings.png"))
+
+
+def dynamics(options: dict[str, Any]) -> Path:
+    from sslzoo.viz.dynamics import dynamics_figure
+    from sslzoo.viz.runs import open_runs, run_labels
+
+    runs = open_runs(options["runs"])
+    fig = dynamics_figure(runs, run_labels(runs, options["labels"]), options["keys"])
+    return save(fig, default_out(options, "runs", "dynamics.png"))
+
+
+def cards(options: dict[str, Any]) -> Path:
+    from sslzoo.viz.cards import cards_figure, cards_markdown, method_cards
+
+    out = Path(options["out"])
+    if out.suffix.lower() == ".md":
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(cards_markdown(method_cards()))
+        except OSError as err:
+            raise UserError(f"cannot write {out} ({err.strerror}); choose another out=") from None
+        return out
+    return save(cards_figure(method_cards()), str(out))
+
+
+RUNS_HELP = "run folders (trainer.out_dir), comma-separated"
+LABELS_HELP = "one legend label per run, comma-separated (default: the folder names)"
+COMMANDS = {
+    "attention": Command(
+        "last-block [CLS] self-attention per head and thresholded masks of a ViT run (DINO Figure 1)",
+        {
+            "run": Option(str, REQUIRED, "the run folder (trainer.out_dir) of a ViT run"),
+            "images": Option(int, 10, "test images, one per class first"),
+            "threshold": Option(float, 0.6, "masks keep this fraction of the attention mass (DINO: 0.6)"),
+            "out": Option(str, None, "PNG path (default: RUN/attention.png)"),
+        },
+        attention,
+    ),
+    "embeddings": Command(
+        "t-SNE (or PCA) of the backbone features of the test set, coloured by class, one panel per run",
+        {
+            "runs": Option(list, REQUIRED, RUNS_HELP),
+            "labels": Option(list, None, LABELS_HELP),
+            "points": Option(int, 2000, "test images to embed"),
+            "projection": Option(str, "tsne", "tsne or pca"),
+            "seed": Option(int, 0, "random state of the projection"),
+            "out": Option(str, None, "PNG path (default: FIRST_RUN/embeddings.png)"),
+        },
+        embeddings,
+    ),
+    "dynamics": Command(
+        "loss, lr, EMA momentum, teacher temperature and collapse diagnostics from metrics.jsonl",
+        {
+            "runs": Option(list, REQUIRED, RUNS_HELP),
+            "labels": Option(list, None, LABELS_HELP),
+            "keys": Option(list, None, "logged keys to plot, comma-separated, or 'all' (default: the standard set)"),
+            "out": Option(str, None, "PNG path (default: FIRST_RUN/dynamics.png)"),
+        },
+        dynamics,
+    ),
+    "cards": Command(
+        "the method-card table of every registered method (.png, or .md for a Markdown table)",
+        {"out": Option(str, "method_cards.png", "PNG (or .md) path")},
+        cards,
+    ),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m sslzoo.viz COMMAND key=value ...", ""]
+    for name, command in COMMANDS.items():
+        lines.append(f"{name}: {command.summary}")
+        for key, option in command.options.items():
+            default = "required" if option.default is REQUIRED else f"default {option.default}"
+            lines.append(f"    {key}=  {option.help} ({default})")
+    return "\n".join(lines)
+
+
+def coerce(key: str, value: Any, option: Option) -> Any:
+    if option.kind is list:
+        items = value if isinstance(value, list) else str(value).split(",")
+        items = [str(item).strip() for item in items if str(item).strip()]
+        if not items:
+            raise UserError(f"{key}= is empty")
+        return items
+    if option.kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if option.kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if option.kind is str and not isinstance(value, (list, dict)):
+        return str(value)
+    raise UserError(f"{key}={value!r} must be a{'n' if option.kind is int else ''} {option.kind.__name__}")
+
+
+def parse(name: str, argv: list[str]) -> dict[str, Any]:
+    """The command's options from ``key=value`` arguments, checked and typed."""
+    command = COMMANDS[name]
+    given = parse_overrides(argv)
+    for key in given:
+        if key not in command.options:
+            near = difflib.get_close_matches(key, list(command.options), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise UserError(f"{name} has no option '{key}'{hint} (options: {', '.join(command.options)})")
+    options = {}
+    for key, option in command.options.items():
+        if key in given:
+            options[key] = coerce(key, given[key], option)
+        elif option.default is REQUIRED:
+            raise UserError(f"{name} needs {key}=: {option.help}")
+        else:
+            options[key] = option.default
+    return options
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        near = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise UserError(f"unknown command '{name}'{hint}; commands: {', '.join(COMMANDS)}")
+    if rest and rest[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    path = COMMANDS[name].make(parse(name, rest))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

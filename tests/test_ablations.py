@@ -1,0 +1,93 @@
+"""benchmarks/ablations.py: what each ablation switches off, the budgets, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sslzoo.config import load_config
+from sslzoo.methods import method_class
+from sslzoo.schedules import Clock
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import ablations  # noqa: E402
+
+
+def experiment(name: str) -> ablations.Experiment:
+    return next(e for e in ablations.experiments() if e.name == name)
+
+
+def config_of(name: str, steps: int = 10):
+    e = experiment(name)
+    return load_config(e.recipe, ablations.overrides_of(e, steps, {"trainer.device": "cpu"}))
+
+
+def test_dino_ablations_switch_off_centring_or_sharpening() -> None:
+    both, no_centring, no_sharpening = (config_of(n).method for n in ("dino", "dino_no_centring", "dino_no_sharpening"))
+    assert both.center_momentum < 1 and both.teacher_temp < both.student_temp  # centring and sharpening on
+    assert no_centring.center_momentum == 1.0  # C <- C: the centre stays 0
+    assert no_centring.teacher_temp == both.teacher_temp
+    assert no_sharpening.teacher_temp == no_sharpening.warmup_teacher_temp == no_sharpening.student_temp
+    assert no_sharpening.center_momentum == both.center_momentum
+
+
+def test_byol_ablations_drop_the_predictor_or_make_the_target_the_online_network() -> None:
+    from torch import nn
+
+    no_predictor = method_class("byol")(config_of("byol_no_predictor"))
+    assert isinstance(no_predictor.predictor, nn.Identity)
+    momentum0 = method_class("byol")(config_of("byol_momentum0", steps=10))
+    assert all(momentum0.momentum(Clock(step, 10, 5, 10)) == 0.0 for step in range(10))
+    reference = method_class("byol")(config_of(f"byol_b{ablations.BATCH_SIZES[0]}", steps=10))
+    assert not isinstance(reference.predictor, nn.Identity) and reference.momentum(Clock(0, 10, 5, 10)) > 0.9
+
+
+def test_the_batch_sweep_sees_the_same_number_of_images_at_every_batch_size() -> None:
+    sweep = [e for e in ablations.experiments() if "batch" in e.groups]
+    assert {(e.recipe, e.batch_size) for e in sweep} == {
+        (f"{m}_fmnist", b) for m in ("simclr", "byol") for b in ablations.BATCH_SIZES
+    }
+    for steps in (None, 3):
+        images = {ablations.budget(e, steps) * e.batch_size for e in sweep}
+        assert images == {(steps or ablations.BATCH_STEPS) * ablations.BATCH_SIZES[0]}
+
+
+def test_bad_options_fail_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for argv, message in (
+        (["only=dinno"], "choose groups among dino, byol, batch"),
+        (["steps=0"], "steps=0 must be a positive integer"),
+        (["stpes=3"], "unknown option 'stpes'"),
+        ([f"runs={tmp_path}", "only=dino", "method.centre_momentum=1"], "unknown key 'method.centre_momentum'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            ablations.main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) -> None:
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    command = [sys.executable, str(BENCHMARKS / "ablations.py"), "only=dino", "steps=2", f"out={out}", f"runs={runs}"]
+    command += ["data.batch_size=16", "trainer.device=cpu", "trainer.log_every=1", "eval.device=cpu"]
+    command += ["eval.train_limit=200", "eval.test_limit=100"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((out / "ablations.json").read_text())
+    entries = {e["name"]: e for e in results["experiments"]}
+    assert set(entries) == {"dino", "dino_no_centring", "dino_no_sharpening"}
+    for entry in entries.values():
+        assert entry["status"] == "ok" and entry["steps"] == 2
+        assert 0 <= entry["knn_top1"] <= 1
+        assert {"teacher_entropy", "kl", "embed_std", "embed_rank"} <= set(entry["final"])
+        assert (runs / entry["name"] / "backbone.pt").is_file()
+        assert "trainer.max_steps=2" in entry["command"]
+    assert 0 <= results["random_init_knn_top1"] <= 1
+    assert (out / "dino_centring_sharpening.png").stat().st_size > 1000
+    assert "| dino |" in (out / "ablations.md").read_text()
