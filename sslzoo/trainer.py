@@ -368,7 +368,8 @@ class Trainer:
         if self.probe is not None:  # its own optimizer, on detached features
             self.probe.update(out.features, labels)
         record = {"loss": loss.item(), "lr": lr, "wd": wd, **out.logs}
-        if out.embeddings is not None and (clock.step + 1) % self.cfg.trainer.log_every == 0:
+        logged = (clock.step + 1) % self.cfg.trainer.log_every == 0 or clock.step + 1 == clock.total_steps
+        if out.embeddings is not None and logged:
             record.update(collapse_metrics(out.embeddings))
         return record
 
@@ -403,6 +404,14 @@ class Trainer:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+
+    def agreed_stop(self) -> int | None:
+        """The stop signal as every rank sees it, so that all ranks stop after the same step."""
+        if self.ddp.world_size == 1:
+            return self.stop_signal
+        flag = torch.tensor(float(self.stop_signal or 0), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
 
     def fit(self) -> Path:
         self.maybe_resume()
@@ -441,10 +450,11 @@ class Trainer:
                     saved = self.clock.step % cfg.trainer.checkpoint_every == 0
                     if saved:
                         self.save_checkpoint()
-                    if self.stop_signal is not None:
+                    stop = self.agreed_stop()
+                    if stop is not None:
                         if not saved:  # one write only: a scheduler's grace period may be short
                             self.save_checkpoint()
-                        raise Stopped(self.stop_signal)
+                        raise Stopped(stop)
                     if self.clock.step >= self.clock.total_steps:
                         break
             self.save_checkpoint()
