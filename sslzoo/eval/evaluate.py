@@ -191,14 +191,7 @@ class Evaluator:
             "knn_top1": {str(k): acc for k, acc in top1.items()},
             "headline": {"k": p.headline_k, "knn_top1": top1[p.headline_k]},
             "temperature": p.temperature,
-            "units": UNITS,
-            "features": f.description["knn"],
-            "feature_dim": f.knn_train.shape[1],
-            "train_images": len(f.train_labels),
-            "test_images": len(f.test_labels),
-            "subject": subject.describe(),
-            "extract_s": f.extract_s,
-            "eval_s": time.perf_counter() - start,
+            **shared_fields(subject, f, "knn", f.knn_train, start),
         }
 
     def linear(self, subject: Subject, f: Features, seed: int | None = None) -> dict:
@@ -224,14 +217,22 @@ class Evaluator:
             "augment": p.linear.augment,
             "seed": seed,
             **probe,
-            "features": f.description["linear"],
-            "feature_dim": f.probe_train.shape[1],
-            "train_images": len(f.train_labels),
-            "test_images": len(f.test_labels),
-            "subject": subject.describe(),
-            "extract_s": f.extract_s,
-            "eval_s": time.perf_counter() - start,
+            **shared_fields(subject, f, "linear", f.probe_train, start),
         }
+
+
+def shared_fields(subject: Subject, f: Features, kind: str, train_features: Tensor, start: float) -> dict:
+    """What every offline result records besides its numbers: units, features, sizes, timings."""
+    return {
+        "units": UNITS,
+        "features": f.description[kind],
+        "feature_dim": train_features.shape[1],
+        "train_images": len(f.train_labels),
+        "test_images": len(f.test_labels),
+        "subject": subject.describe(),
+        "extract_s": f.extract_s,
+        "eval_s": time.perf_counter() - start,
+    }
 
 
 def write_record(path: Path, record: dict, subject: Subject, protocol: Protocol) -> None:
