@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from sslzoo.errors import UserError
+from sslzoo.errors import require as need
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULTS_FILE = PACKAGE_DIR / "defaults.yaml"
@@ -318,10 +319,6 @@ def validate(tree: dict) -> Config:
 
 
 def check_ranges(cfg: Config) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
     need(cfg.data.batch_size > 0, "data.batch_size must be a positive integer")
     need(cfg.data.num_workers >= 0, "data.num_workers must be 0 or more")
     need(cfg.trainer.epochs > 0, "trainer.epochs must be a positive integer")

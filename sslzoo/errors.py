@@ -27,6 +27,12 @@ def one_line(err: UserError) -> str:
     return lines[-1].removeprefix(f"{type(err).__module__}.{type(err).__qualname__}: ")
 
 
+def require(ok: bool, message: str) -> None:
+    """Raise ``UserError(message)`` unless ``ok``: the range checks of recipes and protocols."""
+    if not ok:
+        raise UserError(message)
+
+
 def cli_entry(main: Callable[[list[str]], T]) -> Callable[[list[str] | None], T]:
     """Wrap a command-line ``main(argv)`` so that a :class:`UserError` prints
     ``error: <message>`` on stderr and exits with status 2, and Ctrl-C exits 130."""

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from sslzoo.config import build, dotted_keys, read_yaml, set_dotted
 from sslzoo.errors import UserError
+from sslzoo.errors import require as need
 
 PROTOCOL_FILE = Path(__file__).resolve().parent / "protocol.yaml"
 
@@ -89,10 +90,6 @@ def load_protocol(overrides: dict[str, Any] | None = None) -> Protocol:
 
 
 def check(p: Protocol) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
     need(p.feature_batch_size > 0 and p.linear.batch_size > 0, "batch sizes must be positive integers")
     need(p.num_workers >= 0, "num_workers must be 0 or more")
     for name in ("train_limit", "test_limit"):
