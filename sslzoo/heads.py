@@ -13,15 +13,16 @@ from torch import nn
 
 
 def dino_head(
-    in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool
+    in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool, batch_norm: bool = False
 ) -> DINOProjectionHead:
-    """The DINO head; ``norm_last_layer`` fixes the prototypes' norms to 1 (weight_g frozen)."""
+    """The DINO head; ``norm_last_layer`` fixes the prototypes' norms to 1 (weight_g frozen);
+    ``batch_norm`` adds BN after the hidden layers (main_dino.py ``--use_bn_in_head``)."""
     return DINOProjectionHead(
         input_dim=in_dim,
         hidden_dim=hidden_dim,
         bottleneck_dim=bottleneck_dim,
         output_dim=out_dim,
-        batch_norm=False,
+        batch_norm=batch_norm,
         norm_last_layer=norm_last_layer,
     )
 

@@ -94,6 +94,15 @@ def test_vit_accepts_local_crops_by_position_embedding_interpolation():
     assert backbone.forward_tokens(torch.randn(1, 3, 96, 96)).shape == (1, 1 + 36, 384)
 
 
+def test_micro_vit_uses_the_original_vit_initialisation():
+    torch.manual_seed(0)
+    vit = create_backbone("vit_micro_patch4_28", in_chans=1).model
+    fc1 = vit.blocks[0].mlp.fc1.weight  # 128 -> 512
+    xavier_std = math.sqrt(2 / sum(fc1.shape))
+    assert abs(fc1.std().item() - xavier_std) < 0.1 * xavier_std  # not timm's default std 0.02
+    assert vit.blocks[0].mlp.fc1.bias.abs().max() < 1e-5  # near-zero MLP biases (ViT init)
+
+
 def test_small_resnet_has_a_3x3_stem_and_no_maxpool():
     backbone = create_backbone("resnet18_cifar", in_chans=1)
     assert backbone.model.conv1.kernel_size == (3, 3) and backbone.model.conv1.stride == (1, 1)

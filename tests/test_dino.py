@@ -88,6 +88,19 @@ def test_step_teacher_has_no_gradient_and_follows_the_student(tiny_config):
     assert not torch.equal(method.loss.center, torch.zeros_like(method.loss.center))
 
 
+def test_bn_in_head_normalises_the_hidden_layers_of_student_and_teacher(tiny_config):
+    small = {"method.out_dim": 64, "method.hidden_dim": 32, "method.bottleneck_dim": 16}
+    plain = method_class("dino")(tiny_config("dino_fmnist", **small))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    method = method_class("dino")(tiny_config("dino_fmnist", **small, **{"method.use_bn_in_head": True}))
+    for encoder in (method.student, method.teacher.net):
+        norms = [m for m in encoder.head.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+        assert [n.num_features for n in norms] == [32, 32]  # after each hidden layer (main_dino.py DINOHead)
+    views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.randn(4, 1, 12, 12)]
+    method(views, Clock(step=5, total_steps=10, steps_per_epoch=2, epochs=5)).loss.backward()
+    assert method.student.head.layers[1].weight.grad is not None  # the first BN trains
+
+
 def test_last_layer_is_frozen_during_the_first_epoch(tiny_config):
     cfg = tiny_config("dino_fmnist", **{"method.out_dim": 64, "method.hidden_dim": 32, "method.bottleneck_dim": 16})
     method = method_class("dino")(cfg)

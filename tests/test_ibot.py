@@ -221,6 +221,19 @@ def test_separate_patch_prototypes_and_their_freezing(tiny_config):
     assert head.layers[0].weight.grad is not None  # the MLP keeps training
 
 
+@pytest.mark.parametrize("shared_head", [True, False])
+def test_bn_in_head_treats_every_patch_token_as_one_sample(tiny_config, shared_head):
+    torch.manual_seed(7)
+    method = make_ibot(tiny_config, **{"method.use_bn_in_head": True, "method.shared_head": shared_head})
+    head = method.student.head.train()
+    tokens = torch.randn(3, 5, 128)  # (images, patches, width): the teacher's patch tokens
+    flat = head.forward_patches(tokens.reshape(15, 128))
+    assert torch.allclose(head.forward_patches(tokens), flat.reshape(3, 5, -1), atol=1e-6)
+    use_masks(method, fixed_masks(4))
+    method(fmnist_views(), CLOCK).loss.backward()
+    assert method.student.head.layers[1].weight.grad is not None
+
+
 def test_teacher_temperatures_warm_up_separately(tiny_config):
     method = make_ibot(tiny_config, **{"method.teacher_temp": 0.06, "method.warmup_teacher_temp_epochs": 2})
     start, half, done = CLOCK, CLOCK.at(10), CLOCK.at(20)

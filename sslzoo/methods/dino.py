@@ -36,6 +36,7 @@ class DINO(Method):
         hidden_dim: int
         bottleneck_dim: int
         norm_last_layer: bool
+        use_bn_in_head: bool
         student_temp: float  # tau_s
         teacher_temp: float  # tau_t after warm-up
         warmup_teacher_temp: float  # tau_t at step 0
@@ -66,7 +67,10 @@ class DINO(Method):
         hp = self.hp
         backbone = self.make_backbone(drop_path)
         return Encoder(
-            backbone, dino_head(backbone.embed_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.norm_last_layer)
+            backbone,
+            dino_head(
+                backbone.embed_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.norm_last_layer, hp.use_bn_in_head
+            ),
         )
 
     def teacher_temp(self, clock: Clock) -> float:

@@ -48,14 +48,21 @@ class IBOTHead(DINOProjectionHead):
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool, shared_head: bool
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        norm_last_layer: bool,
+        shared_head: bool,
+        batch_norm: bool,
     ) -> None:
         super().__init__(
             input_dim=in_dim,
             hidden_dim=hidden_dim,
             bottleneck_dim=bottleneck_dim,
             output_dim=out_dim,
-            batch_norm=False,
+            batch_norm=batch_norm,
             norm_last_layer=norm_last_layer,
         )
         self.patch_layer: nn.Module | None = None
@@ -66,10 +73,16 @@ class IBOTHead(DINOProjectionHead):
             self.patch_layer.weight_g.requires_grad = not norm_last_layer
 
     def forward_patches(self, tokens: Tensor) -> Tensor:
-        """Outputs of patch tokens (the [CLS] outputs are ``forward``)."""
+        """Outputs of patch tokens, any leading shape (the [CLS] outputs are ``forward``).
+
+        The tokens are flattened to one batch, which BN in the head (``use_bn_in_head``) needs.
+        """
+        flat = tokens.reshape(-1, tokens.shape[-1])
         if self.patch_layer is None:
-            return self(tokens)
-        return self.patch_layer(nn.functional.normalize(self.layers(tokens), dim=-1))
+            out = self(flat)
+        else:
+            out = self.patch_layer(nn.functional.normalize(self.layers(flat), dim=-1))
+        return out.reshape(*tokens.shape[:-1], -1)
 
 
 @METHODS.register("ibot")
@@ -127,7 +140,13 @@ class IBOT(DINO):
         hp = self.hp
         backbone = self.make_backbone(drop_path)
         head = IBOTHead(
-            backbone.embed_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.norm_last_layer, hp.shared_head
+            backbone.embed_dim,
+            hp.out_dim,
+            hp.hidden_dim,
+            hp.bottleneck_dim,
+            hp.norm_last_layer,
+            hp.shared_head,
+            hp.use_bn_in_head,
         )
         return Encoder(backbone, head)
 
