@@ -17,7 +17,7 @@ offline with the kNN protocol of ``sslzoo.eval`` (on ``eval.train_limit`` /
 
 Options: ``only=dino,byol,batch`` (groups), ``steps=N`` (every experiment's
 step budget at its reference batch; the default budgets below fit the whole set
-in about 60 minutes on 2 CPU cores), ``reuse=true`` (keep a finished run of the
+in under an hour on 2 CPU cores), ``reuse=true`` (keep a finished run of the
 same command), ``out=DIR``, ``runs=DIR``; ``eval.KEY=...`` goes to the
 evaluation protocol (sslzoo/eval/protocol.yaml) and any other dotted key to
 every training run (e.g. ``data.num_workers=2``; the default here is 0, see
@@ -53,13 +53,12 @@ EVAL_DEFAULTS = {"train_limit": 10000, "test_limit": 5000, "knn.ks": [20]}
 # Every run logs every LOG_EVERY steps: curves dense enough to see a collapse happen.
 LOG_EVERY = 5
 
-# Step budgets, sized for the whole default set to fit about 60 minutes on 2 CPU cores: single-thread
-# CPU seconds per step (augmentation + compute) were measured at 2.9 (DINO, batch 128 with 4 local
-# crops), 3.7 (BYOL, 256), 2.8 (SimCLR, 256), 0.2 (BYOL and SimCLR, 16); see docs/teaching_lab.md.
-# Both DINO collapses show in the first hundred steps (entropy and KL curves); the batch sweep keeps
-# the number of images seen fixed: steps x batch = BATCH_STEPS x BATCH_SIZES[0].
-DINO_STEPS = 180
-BYOL_STEPS = 220
+# Step budgets, sized for the whole default set to fit about 45 minutes on 2 cores (measured: see the
+# train_wall_s of benchmarks/results/ablations/ablations.json). Both DINO collapses show within the first
+# hundred steps (entropy and KL curves); the batch sweep keeps the number of images seen fixed:
+# steps x batch = BATCH_STEPS x BATCH_SIZES[0].
+DINO_STEPS = 120
+BYOL_STEPS = 150
 BATCH_SIZES = (128, 32, 8)  # a 16x range, as 4096 -> 256 in BYOL Figure 3a; 128 is the recipes' batch
 BATCH_STEPS = BYOL_STEPS  # at the largest batch: the byol ablation's reference run is shared
 # On 2 cores, data-loading workers compete with the compute threads: measured 1.8x more images/s with

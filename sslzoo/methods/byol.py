@@ -29,7 +29,7 @@ class BYOL(PredictiveSiamese):
 
     card = MethodCard(
         family="self-distillation",
-        target="EMA of encoder + projector (tau 0.996 -> 1, cosine)",
+        target="EMA of encoder + projector (tau cosine to 1; 0.996 or 0.99 in the paper)",
         predictor="2-layer MLP on the online side only",
         negatives="none",
         loss="2 - 2 cos(prediction, stop-gradient target projection), both view orders summed",

@@ -47,7 +47,7 @@ class DINO(Method):
 
     card = MethodCard(
         family="self-distillation",
-        target="EMA teacher (momentum 0.996 -> 1)",
+        target="EMA teacher (momentum cosine to 1; 0.996 in the paper)",
         predictor="none",
         negatives="none",
         loss="cross-entropy between teacher and student softmax outputs",

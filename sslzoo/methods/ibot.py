@@ -103,7 +103,7 @@ class IBOT(DINO):
 
     card = MethodCard(
         family="masked modelling",
-        target="EMA teacher (momentum 0.996 -> 1), the online tokenizer",
+        target="EMA teacher (momentum cosine to 1; 0.996 in the paper), the online tokenizer",
         predictor="none",
         negatives="none",
         loss="DINO's [CLS] cross-entropy + patch cross-entropy at the student's masked patches",

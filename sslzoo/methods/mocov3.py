@@ -50,7 +50,7 @@ class MoCoV3(PredictiveSiamese):
 
     card = MethodCard(
         family="contrastive",
-        target="momentum encoder = EMA of encoder + projector (0.99 -> 1, cosine)",
+        target="momentum encoder = EMA of encoder + projector (cosine to 1; 0.99 in the paper)",
         predictor="2-layer MLP on the query side only",
         negatives="the other images' keys in the global batch (gathered, no gradient); no queue",
         loss="InfoNCE of each view's prediction against the other view's keys, scaled by 2 tau",
