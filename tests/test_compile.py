@@ -24,6 +24,7 @@ TINY = {
     "method.hidden_dim": 256,
     "method.bottleneck_dim": 64,
     "data.batch_size": 8,
+    "method.use_bn_in_head": False,  # main_dino.py's head (BN adds more first-step gradients at rounding level)
 }
 
 
@@ -41,6 +42,11 @@ def test_compiled_backbones_train_like_eager_ones(tiny_config) -> None:
     assert compiled.method.state_dict().keys() == eager.method.state_dict().keys()  # checkpoints stay compatible
     assert first_loss(compiled) == pytest.approx(first_loss(eager), abs=1e-4)
     for (name, p), q in zip(compiled.method.named_parameters(), eager.method.parameters()):
+        if name.endswith("attn.qkv.bias"):
+            # The key bias shifts every logit of a query equally, so softmax cancels it: its gradient is
+            # rounding noise, which Adam's first step scales to +-lr. Compare the query and value biases.
+            width = len(p) // 3
+            p, q = torch.cat([p[:width], p[2 * width :]]), torch.cat([q[:width], q[2 * width :]])
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)  # the same optimizer step
 
 

@@ -146,7 +146,7 @@ def test_no_weight_decay_on_biases_and_norms():
 
 def test_lr_scaling_rules():
     cfg = load_config("dino_fmnist").optim
-    assert scaled_lr(cfg, 512) == pytest.approx(5e-4 * 2)
+    assert scaled_lr(cfg, 512) == pytest.approx(cfg.lr * 2)
     cfg.lr_scaling, cfg.lr = "sqrt", 0.075
     assert scaled_lr(cfg, 4096) == pytest.approx(0.075 * 64)
 
