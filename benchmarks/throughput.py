@@ -285,6 +285,7 @@ COLUMNS = [
     ("crops", "crops", "{}"),
     ("batch", "batch_per_device", "{}"),
     ("precision", "precision", "{}"),
+    ("compile", "compile", "{}"),
     ("model img/s", "model_images_per_s", "rate"),
     ("peak MiB", "peak_memory_mib", "{:.0f}"),
     ("loader img/s", "loader_images_per_s", "rate"),
@@ -348,7 +349,7 @@ def main(argv: list[str]) -> int:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             print(table([record]).splitlines()[-1], flush=True)
-    kind = "gpu" if any(r["device"] == "cuda" for r in records) else "cpu"
+    kind = "gpu" if any(r.get("device") == "cuda" for r in records) else "cpu"
     out = Path(bench.get("out", RESULTS / f"throughput_{kind}.json"))
     everything = write_results(records, out, bool(bench.get("append", False)))
     print(f"\n{table(everything)}\n\nwritten: {out} and {out.with_suffix('.md')}")
