@@ -12,22 +12,28 @@ from sslzoo.config import OptimConfig
 from sslzoo.schedules import Clock, cosine, warmup_cosine
 
 
-def parameter_groups(module: nn.Module, exclude_bias_norm: bool) -> list[dict]:
-    """Trainable parameters in two groups: with weight decay, and biases/norms without.
+def parameter_groups(
+    module: nn.Module, exclude_bias_norm: bool, lr_scales: dict[str, float] | None = None
+) -> list[dict]:
+    """Trainable parameters grouped by weight decay (biases/norms without) and lr multiplier.
 
     lightly's LARS skips adaptation where weight decay is 0, so the no-decay group is
     also excluded from LARS adaptation (BYOL §3.2, SimCLR).
     MoCo v3 decays every parameter (``exclude_bias_norm: false``).
+    ``lr_scales`` maps a parameter-name prefix (a submodule) to a multiplier of the scheduled lr.
     """
-    decay, no_decay = [], []
-    for param in module.parameters():
+    lr_scales = lr_scales or {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if exclude_bias_norm and param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "apply_weight_decay": True}]
-    if no_decay:
-        groups.append({"params": no_decay, "apply_weight_decay": False})
-    return groups
+        decay = not (exclude_bias_norm and param.ndim <= 1)
+        scale = next((s for prefix, s in lr_scales.items() if name.startswith(prefix + ".")), 1.0)
+        groups.setdefault((decay, scale), []).append(param)
+    return [
+        {"params": params, "apply_weight_decay": decay, "lr_scale": scale}
+        for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))
+    ]
 
 
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
@@ -57,7 +63,7 @@ def apply_schedules(
     lr = warmup_cosine(clock.step, clock.total_steps, clock.steps(cfg.warmup_epochs), peak_lr, cfg.min_lr)
     wd = cosine(clock.step, clock.total_steps, cfg.weight_decay, cfg.weight_decay_end)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # optimizer states saved before lr_scale existed
         group["weight_decay"] = wd if group["apply_weight_decay"] else 0.0
     return lr, wd
 

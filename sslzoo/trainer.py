@@ -287,7 +287,7 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * self.ddp.world_size
         self.peak_lr = scaled_lr(cfg.optim, self.global_batch)
         self.optimizer = build_optimizer(
-            parameter_groups(self.method, cfg.optim.exclude_bias_norm), cfg.optim, self.device
+            parameter_groups(self.method, cfg.optim.exclude_bias_norm, self.method.lr_scales()), cfg.optim, self.device
         )
         self.dtype = PRECISION[cfg.trainer.precision]
         if self.dtype == torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():

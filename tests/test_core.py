@@ -14,7 +14,7 @@ from sslzoo.config import load_config
 from sslzoo.data import ResumableSampler
 from sslzoo.heads import dino_head, mlp_head
 from sslzoo.multicrop import backbone_features
-from sslzoo.optim import clip_gradients, parameter_groups, scaled_lr
+from sslzoo.optim import apply_schedules, build_optimizer, clip_gradients, parameter_groups, scaled_lr
 from sslzoo.schedules import Clock, cosine, linear_warmup, warmup_cosine
 
 # --------------------------------------------------------------------------- schedules
@@ -142,6 +142,18 @@ def test_no_weight_decay_on_biases_and_norms():
     assert len(no_decay["params"]) == 4 and not no_decay["apply_weight_decay"]
     (everything,) = parameter_groups(model, exclude_bias_norm=False)
     assert len(everything["params"]) == 6
+
+
+def test_lr_scales_multiply_the_scheduled_lr_of_one_submodule():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    groups = parameter_groups(model, exclude_bias_norm=True, lr_scales={"1": 10.0})
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale_of[id(model[0].weight)] == scale_of[id(model[0].bias)] == 1.0
+    assert scale_of[id(model[1].weight)] == scale_of[id(model[1].bias)] == 10.0
+    cfg = load_config("byol_fmnist").optim
+    optimizer = build_optimizer(groups, cfg, torch.device("cpu"))
+    lr, _ = apply_schedules(optimizer, cfg, Clock(step=50, total_steps=100, steps_per_epoch=10, epochs=10), 1e-3)
+    assert lr > 0 and sorted(g["lr"] / lr for g in optimizer.param_groups) == pytest.approx([1.0, 1.0, 10.0, 10.0])
 
 
 def test_lr_scaling_rules():

@@ -13,6 +13,7 @@ from torch import nn
 
 from sslzoo.backbones import build_model
 from sslzoo.methods import method_class
+from sslzoo.optim import parameter_groups
 from sslzoo.schedules import Clock
 from sslzoo.trainer import Trainer
 
@@ -108,6 +109,16 @@ def test_target_update_is_one_ema_step(tiny_config, recipe):
     assert 0 < m < 1 and method.target.updates == 1
     for old, new, theta in zip(before, method.target.parameters(), method.online.parameters()):
         torch.testing.assert_close(new, m * old + (1 - m) * theta)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_pred_lr_scale_speeds_up_the_predictor_only(tiny_config, recipe):
+    """BYOL Appendix (Table 21): the predictor trained at lambda times the lr of the rest."""
+    assert build(tiny_config, recipe).lr_scales() == {}
+    method = build(tiny_config, recipe, **{"method.pred_lr_scale": 10.0})
+    groups = parameter_groups(method, exclude_bias_norm=True, lr_scales=method.lr_scales())
+    fast = {id(p) for g in groups if g["lr_scale"] == 10.0 for p in g["params"]}
+    assert fast == {id(p) for p in method.predictor.parameters()}
 
 
 def test_ablation_switches_no_predictor_and_zero_momentum(tiny_config):

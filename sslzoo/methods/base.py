@@ -85,6 +85,10 @@ class Method(nn.Module):
     def after_optimizer_step(self, clock: Clock) -> None:
         """Hook after each optimizer step (target-network updates)."""
 
+    def lr_scales(self) -> dict[str, float]:
+        """Submodule name -> multiplier of the scheduled learning rate (none by default)."""
+        return {}
+
     def eval_backbone(self) -> Backbone:
         raise NotImplementedError
 

@@ -45,6 +45,7 @@ class PredictiveSiamese(Method):
         proj_last_bn: bool  # BN without scale and shift after g's last layer (MoCo v3, after SimCLR)
         pred_hidden_dim: int  # the predictor q is 2 layers: out_dim -> pred_hidden_dim -> out_dim
         pred_last_bn: bool  # the same BN after q's last layer
+        pred_lr_scale: float  # q's lr / the scheduled lr (BYOL Appendix, Table 21: a faster predictor)
         use_predictor: bool  # false: no q, the projection itself is compared with the target
         momentum_base: float  # tau_base / m at step 0 (0 with momentum_cosine=false: target = online)
         momentum_cosine: bool  # cosine from momentum_base to 1 over the run; false: constant
@@ -64,6 +65,8 @@ class PredictiveSiamese(Method):
         hp = cfg.method
         if not 0 <= hp.momentum_base <= 1:
             raise UserError(f"method.momentum_base={hp.momentum_base} must lie in [0, 1]")
+        if hp.pred_lr_scale <= 0:
+            raise UserError(f"method.pred_lr_scale={hp.pred_lr_scale} must be positive (1: the scheduled lr)")
         if hp.proj_layers < 1:
             raise UserError(f"method.proj_layers={hp.proj_layers} must be at least 1")
 
@@ -79,6 +82,9 @@ class PredictiveSiamese(Method):
         if not hp.use_predictor:
             return nn.Identity()
         return mlp_head([hp.out_dim, hp.pred_hidden_dim, hp.out_dim], last_bn=hp.pred_last_bn, last_bn_affine=False)
+
+    def lr_scales(self) -> dict[str, float]:
+        return {"predictor": self.hp.pred_lr_scale} if self.hp.pred_lr_scale != 1 else {}
 
     def momentum(self, clock: Clock) -> float:
         if not self.hp.momentum_cosine:
