@@ -242,7 +242,8 @@ def test_bn_in_head_treats_every_patch_token_as_one_sample(tiny_config, shared_h
 
 
 def test_teacher_temperatures_warm_up_separately(tiny_config):
-    method = make_ibot(tiny_config, **{"method.teacher_temp": 0.06, "method.warmup_teacher_temp_epochs": 2})
+    overrides = {"method.teacher_temp": 0.06, "method.teacher_patch_temp": 0.07, "method.warmup_teacher_temp_epochs": 2}
+    method = make_ibot(tiny_config, **overrides)
     start, half, done = CLOCK, CLOCK.at(10), CLOCK.at(20)
     assert method.teacher_temp(start) == pytest.approx(0.04) and method.teacher_patch_temp(start) == pytest.approx(0.04)
     assert method.teacher_temp(half) == pytest.approx(0.05) and method.teacher_patch_temp(half) == pytest.approx(0.055)
