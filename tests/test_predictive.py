@@ -114,7 +114,7 @@ def test_target_update_is_one_ema_step(tiny_config, recipe):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_pred_lr_scale_speeds_up_the_predictor_only(tiny_config, recipe):
     """BYOL Appendix (Table 21): the predictor trained at lambda times the lr of the rest."""
-    assert build(tiny_config, recipe).lr_scales() == {}
+    assert build(tiny_config, recipe, **{"method.pred_lr_scale": 1.0}).lr_scales() == {}
     method = build(tiny_config, recipe, **{"method.pred_lr_scale": 10.0})
     groups = parameter_groups(method, exclude_bias_norm=True, lr_scales=method.lr_scales())
     fast = {id(p) for g in groups if g["lr_scale"] == 10.0 for p in g["params"]}
