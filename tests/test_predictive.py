@@ -121,6 +121,15 @@ def test_pred_lr_scale_speeds_up_the_predictor_only(tiny_config, recipe):
     assert fast == {id(p) for p in method.predictor.parameters()}
 
 
+def test_trainer_steps_the_predictor_at_its_scaled_lr(tiny_config):
+    """The loop takes the method's lr scales: after a step the predictor's groups hold 10x the others' lr."""
+    trainer = Trainer(tiny_config("byol_fmnist", **{**SMALL_HEADS, "method.pred_lr_scale": 10.0}))
+    trainer.fit()
+    predictor = {id(p) for p in trainer.method.predictor.parameters()}
+    lrs = {all(id(p) in predictor for p in g["params"]): g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs[False] > 0 and lrs[True] == pytest.approx(10 * lrs[False])
+
+
 def test_ablation_switches_no_predictor_and_zero_momentum(tiny_config):
     """use_predictor=false compares the projection itself; momentum 0 (constant) makes the target the online net."""
     method = build(
