@@ -91,3 +91,9 @@ def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) ->
     assert 0 <= results["random_init_knn_top1"] <= 1
     assert (out / "dino_centring_sharpening.png").stat().st_size > 1000
     assert "| dino |" in (out / "ablations.md").read_text()
+    # reuse=true keeps the finished runs, reports their own training time and says so in the table
+    again = subprocess.run(command + ["reuse=true"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    reran = {e["name"]: e for e in json.loads((out / "ablations.json").read_text())["experiments"]}
+    assert all(e["reused"] and e["train_wall_s"] == entries[e["name"]]["train_wall_s"] for e in reran.values())
+    assert "3 run(s) reused from an earlier invocation" in (out / "ablations.md").read_text()
