@@ -117,6 +117,21 @@ def load_pretrain(run_dir: Path) -> Pretrain | None:
     return Pretrain(**json.loads(path.read_text()))
 
 
+def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretrain | None:
+    """A successful earlier run in ``run_dir`` whose saved config is what ``recipe`` with ``overrides``
+    resolves to now: a recipe edited since the run does not count, even if the command is the same."""
+    import yaml
+
+    from sslzoo.config import load_config, to_yaml
+
+    previous = load_pretrain(run_dir)
+    saved = run_dir / "config.yaml"
+    if previous is None or not previous.ok or not (run_dir / "backbone.pt").is_file() or not saved.is_file():
+        return None
+    wanted = load_config(recipe, {**overrides, "trainer.out_dir": str(run_dir)})
+    return previous if yaml.safe_load(saved.read_text()) == yaml.safe_load(to_yaml(wanted)) else None
+
+
 def mean_std(values: list[float | None]) -> dict[str, float | int | None]:
     """Mean and sample standard deviation (n - 1) of the values present; std is null for one value."""
     present = [v for v in values if v is not None]

@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_pretrain, pretrain, train_command  # noqa: E402
+from _common import finished_run, pretrain  # noqa: E402
 
 from sslzoo.config import available_recipes, load_config, parse_overrides  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
@@ -204,15 +204,6 @@ def overrides_of(experiment: Experiment, steps: int | None, train: dict[str, Any
     }
 
 
-def reusable(directory: Path, recipe: str, overrides: dict[str, Any]):
-    """A finished successful run of exactly this command in ``directory``, or None."""
-    previous = load_pretrain(directory)
-    command = train_command(recipe, {**overrides, "trainer.out_dir": str(directory)})
-    if previous is None or not previous.ok or previous.command[1:] != command[1:]:
-        return None
-    return previous if (directory / "backbone.pt").is_file() else None
-
-
 def last_values(directory: Path) -> dict[str, float]:
     """The last logged value of each diagnostic."""
     from sslzoo.viz.runs import Run
@@ -233,7 +224,7 @@ def run_experiment(experiment: Experiment, options: dict, train: dict, evaluator
     if experiment.recipe not in available_recipes():
         print(f"[{experiment.name}] skipped: recipe {experiment.recipe} does not exist", flush=True)
         return {**entry, "status": "skipped", "error": f"recipe {experiment.recipe} does not exist"}
-    result = reusable(directory, experiment.recipe, overrides) if options["reuse"] else None
+    result = finished_run(directory, experiment.recipe, overrides) if options["reuse"] else None
     reused = result is not None
     if result is None:
         print(f"[{experiment.name}] training {entry['steps']} steps -> {directory}", flush=True)

@@ -25,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Pretrain, load_pretrain, mean_std, pretrain, read_metrics, train_command  # noqa: E402
+from _common import Pretrain, finished_run, mean_std, pretrain, read_metrics  # noqa: E402
 
 from sslzoo.config import Config, build, dotted_keys, load_config, parse_overrides, read_yaml, set_dotted  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
@@ -165,14 +165,8 @@ def crops(cfg: Config) -> str:
 
 
 def finished(settings: Settings, directory: Path, recipe: str, overrides: dict[str, Any]) -> Pretrain | None:
-    """A previous successful run of exactly this command in ``directory`` (with ``reuse=true``)."""
-    if not settings.reuse:
-        return None
-    previous = load_pretrain(directory)
-    command = train_command(recipe, {**overrides, "trainer.out_dir": str(directory)})
-    if previous is None or not previous.ok or previous.command[1:] != command[1:]:
-        return None
-    return previous if (directory / "backbone.pt").is_file() else None
+    """A previous successful run of the same config in ``directory`` (with ``reuse=true``)."""
+    return finished_run(directory, recipe, overrides) if settings.reuse else None
 
 
 def evaluate_run(evaluator, subject, seed: int) -> tuple[dict, dict]:

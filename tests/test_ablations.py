@@ -97,3 +97,11 @@ def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) ->
     reran = {e["name"]: e for e in json.loads((out / "ablations.json").read_text())["experiments"]}
     assert all(e["reused"] and e["train_wall_s"] == entries[e["name"]]["train_wall_s"] for e in reran.values())
     assert "3 run(s) reused from an earlier invocation" in (out / "ablations.md").read_text()
+    # a run is reused only while its saved config is what the recipe and overrides resolve to now
+    from _common import finished_run
+
+    dino = next(e for e in ablations.experiments() if e.name == "dino")
+    train = {"data.batch_size": 16, "trainer.device": "cpu", "trainer.log_every": 1}
+    overrides = ablations.overrides_of(dino, 2, train)
+    assert finished_run(runs / "dino", dino.recipe, overrides) is not None
+    assert finished_run(runs / "dino", dino.recipe, {**overrides, "method.teacher_temp": 0.05}) is None
