@@ -19,9 +19,10 @@ Options: ``only=dino,byol,batch`` (groups), ``steps=N`` (every experiment's
 step budget at its reference batch; the default budgets below fit the whole set
 in under an hour on 2 CPU cores), ``reuse=true`` (keep a finished run of the
 same command), ``out=DIR``, ``runs=DIR``; ``eval.KEY=...`` goes to the
-evaluation protocol (sslzoo/eval/protocol.yaml) and any other dotted key to
-every training run (e.g. ``data.num_workers=2``; the default here is 0, see
-TRAIN_DEFAULTS).
+evaluation protocol (sslzoo/eval/protocol.yaml); ``seed=N`` and any other
+dotted key go to every training run (e.g. ``data.num_workers=2``; the default
+here is 0, see TRAIN_DEFAULTS). Rerunning with another ``seed=`` (and its own
+``runs=``/``out=``) shows how much of a difference is seed noise.
 """
 
 from __future__ import annotations
@@ -168,11 +169,11 @@ def parse(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, An
             evaluation[key[len("eval.") :]] = value
         elif key in options:
             options[key] = value
-        elif "." in key:
+        elif "." in key or key == "seed":
             train[key] = value
         else:
             raise UserError(
-                f"unknown option '{key}'; options: {', '.join(DEFAULTS)}, eval.KEY=..., or a dotted recipe key"
+                f"unknown option '{key}'; options: {', '.join(DEFAULTS)}, seed=N, eval.KEY=..., or a dotted recipe key"
             )
     only = [g.strip() for g in str(options["only"]).split(",") if g.strip()]
     unknown = [g for g in only if g not in GROUPS]

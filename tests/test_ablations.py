@@ -58,6 +58,14 @@ def test_the_batch_sweep_sees_the_same_number_of_images_at_every_batch_size() ->
         assert images == {(steps or ablations.BATCH_STEPS) * ablations.BATCH_SIZES[0]}
 
 
+def test_seed_and_dotted_keys_go_to_every_training_run() -> None:
+    options, train, evaluation = ablations.parse(["seed=3", "data.num_workers=2", "eval.test_limit=50"])
+    assert train == {"seed": 3, "data.num_workers": 2} and evaluation["test_limit"] == 50
+    e = experiment("simclr_b8")
+    config = load_config(e.recipe, ablations.overrides_of(e, 10, train))
+    assert config.seed == 3 and config.data.num_workers == 2 and config.data.batch_size == 8
+
+
 def test_bad_options_fail_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for argv, message in (
         (["only=dinno"], "choose groups among dino, byol, batch"),
