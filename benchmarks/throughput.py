@@ -49,13 +49,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import lightly
-import timm
 import torch
 
 from sslzoo.config import RECIPES_DIR, Config, load_config, parse_overrides
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.methods import METHODS
+from sslzoo.provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHORTHANDS = {
@@ -258,7 +257,7 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
         record["loader_images_per_s"] = measure_loader(trainer, warmup, steps, None)
         record["end_to_end_images_per_s"] = measure_loader(trainer, warmup, steps, sslzoo_step)
         record["bottleneck"] = "loader" if record["loader_images_per_s"] < record["model_images_per_s"] else "model"
-    record.update(software())
+    record["provenance"] = provenance()  # git commit, package versions, hardware, time
     return record
 
 
@@ -266,14 +265,6 @@ def crops(cfg: Config) -> str:
     aug = cfg.augment
     text = f"{aug.global_crops}x{aug.global_size}"
     return text + (f"+{aug.local_crops}x{aug.local_size}" if aug.local_crops else "")
-
-
-def software() -> dict[str, str]:
-    return {
-        "torch_version": torch.__version__,
-        "timm_version": timm.__version__,
-        "lightly_version": lightly.__version__,
-    }
 
 
 # --------------------------------------------------------------------------- output

@@ -352,11 +352,12 @@ class Trainer:
         clock = self.clock
         lr, wd = apply_schedules(self.optimizer, self.cfg.optim, clock, self.peak_lr)
         views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format) for v in views]
+        buffers = self.snapshot_buffers()
         with self.autocast():
             out = self.model(views, clock)
         loss = out.loss.float()
         if not self.all_finite(loss):
-            return self.non_finite(loss)
+            return self.non_finite(loss, buffers)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -379,11 +380,21 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
 
-    def non_finite(self, loss: torch.Tensor) -> dict:
+    def snapshot_buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(buffer, copy) pairs when a non-finite step may be skipped: the forward that yields the bad loss
+        has already moved the buffers (BatchNorm running statistics), which the skip must undo."""
+        if self.cfg.trainer.on_nonfinite != "skip":
+            return []
+        return [(buffer, buffer.detach().clone()) for buffer in self.method.buffers()]
+
+    def non_finite(self, loss: torch.Tensor, buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
         step = self.clock.step + 1
         if self.cfg.trainer.on_nonfinite == "skip":
             self.skipped_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, before in buffers:
+                    buffer.copy_(before)
             tqdm.write(f"warning: loss is {loss.item()} at step {step}; step skipped ({self.skipped_steps} so far)")
             return {"loss": loss.item(), "skipped": True}
         kept = (

@@ -41,7 +41,6 @@ SMALL_DINO = {
     "method.bottleneck_dim": 32,
     "augment.local_crops": 2,
     "data.batch_size": BATCH,
-    "method.use_bn_in_head": False,  # BN running statistics move in every forward, skipped or not
 }
 TINY = [
     "recipe=dino_fmnist",
@@ -123,8 +122,8 @@ def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error:")]
 
 
-def checkpoint(out: Path) -> dict:
-    return load_checkpoint(out / "checkpoints" / "last.pt", "dino", "vit_micro_patch4_28")
+def checkpoint(out: Path, method: str = "dino") -> dict:
+    return load_checkpoint(out / "checkpoints" / "last.pt", method, "vit_micro_patch4_28")
 
 
 def temp_files(out: Path) -> list[str]:
@@ -272,10 +271,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data:
     assert not temp_files(tmp_path)
 
 
-def test_skip_option_skips_only_the_non_finite_step(tiny_config, monkeypatch, capsys) -> None:
-    cfg = tiny_config("dino_fmnist", **SMALL_DINO, **{"trainer.max_steps": 3, "trainer.on_nonfinite": "skip"})
-    dino = method_class("dino")
-    real_step = dino.training_step
+@pytest.mark.parametrize("recipe", ["dino_fmnist", "byol_fmnist"])  # BYOL: BatchNorm running statistics
+def test_skip_option_skips_only_the_non_finite_step(recipe: str, tiny_config, monkeypatch, capsys) -> None:
+    small = SMALL_DINO if recipe == "dino_fmnist" else {"method.proj_hidden_dim": 32, "method.pred_hidden_dim": 32}
+    cfg = tiny_config(recipe, **small, **{"trainer.max_steps": 3, "trainer.on_nonfinite": "skip"})
+    method = method_class(cfg.method.name)
+    real_step = method.training_step
 
     def nan_at_second_step(self, views, clock):
         out = real_step(self, views, clock)
@@ -283,7 +284,7 @@ def test_skip_option_skips_only_the_non_finite_step(tiny_config, monkeypatch, ca
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(dino, "training_step", nan_at_second_step)
+    monkeypatch.setattr(method, "training_step", nan_at_second_step)
     trainer = Trainer(cfg)
     snapshots = []
     real_trainer_step = trainer.step
@@ -297,8 +298,8 @@ def test_skip_option_skips_only_the_non_finite_step(tiny_config, monkeypatch, ca
     before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     trainer.fit()
     changed = [any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip([before, *snapshots], snapshots)]
-    assert changed == [True, False, True]  # the skipped step left every weight (and the teacher) alone
-    assert trainer.skipped_steps == 1 and checkpoint(Path(cfg.trainer.out_dir))["skipped_steps"] == 1
+    assert changed == [True, False, True]  # the skipped step left every weight, buffer and the teacher alone
+    assert trainer.skipped_steps == 1 and checkpoint(Path(cfg.trainer.out_dir), cfg.method.name)["skipped_steps"] == 1
     rows = records(Path(cfg.trainer.out_dir))
     assert [row["step"] for row in rows] == [1, 2, 3] and rows[1]["skipped"] and np.isnan(rows[1]["loss"])
     assert "loss is nan at step 2; step skipped" in capsys.readouterr().out
