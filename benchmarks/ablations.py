@@ -399,7 +399,7 @@ def main(argv: list[str]) -> int:
     options, train, evaluation = parse(argv)
     from sslzoo.eval.evaluate import Evaluator
     from sslzoo.eval.protocol import load_protocol, to_dict
-    from sslzoo.provenance import provenance
+    from sslzoo.provenance import provenance, provenance_since
 
     protocol = load_protocol(evaluation)
     evaluator = Evaluator(protocol)
@@ -409,7 +409,7 @@ def main(argv: list[str]) -> int:
             load_config(experiment.recipe, overrides_of(experiment, options["steps"], train))
     # absolute: the training subprocesses run in the repository root
     options["runs"], out = str(Path(options["runs"]).resolve()), Path(options["out"]).resolve()
-    start = time.perf_counter()
+    start, started = time.perf_counter(), provenance()
     entries = [run_experiment(e, options, train, evaluator) for e in chosen]
     results = {
         "argv": argv,
@@ -418,7 +418,7 @@ def main(argv: list[str]) -> int:
         "eval": {"train_limit": protocol.train_limit, "test_limit": protocol.test_limit, **to_dict(protocol)["knn"]},
         "random_init_knn_top1": random_init_knn(evaluator, entries),
         "experiments": entries,
-        "provenance": provenance(),
+        "provenance": provenance_since(started),
     }
     results["total_wall_s"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)

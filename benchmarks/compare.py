@@ -31,7 +31,7 @@ from sslzoo.config import Config, build, dotted_keys, load_config, parse_overrid
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.eval.protocol import Protocol, load_protocol, to_dict  # noqa: E402
 from sslzoo.methods import METHODS, method_class  # noqa: E402
-from sslzoo.provenance import provenance  # noqa: E402
+from sslzoo.provenance import provenance, provenance_since  # noqa: E402
 
 SETTINGS_FILE = Path(__file__).resolve().parent / "compare.yaml"
 SCHEMA = "sslzoo-compare/1"
@@ -463,7 +463,7 @@ def compare(settings: Settings, plans: list[Plan], protocol: Protocol, train_ove
 
     evaluator = Evaluator(protocol)
     k = protocol.knn.headline_k
-    start = time.perf_counter()
+    start, started = time.perf_counter(), provenance()
     runs = [run_method(settings, plan, seed, evaluator) for plan in plans for seed in settings.seeds]
     rows = [summarise(p.method, "method", [e for e in runs if e["name"] == p.method], p, k) for p in plans]
     if settings.baselines:
@@ -485,7 +485,7 @@ def compare(settings: Settings, plans: list[Plan], protocol: Protocol, train_ove
         "settings": dataclasses.asdict(settings),
         "train_overrides": train_overrides,
         "protocol": to_dict(protocol),
-        "provenance": provenance(),
+        "provenance": provenance_since(started),
         "total_wall_s": time.perf_counter() - start,
         "rows": rows,
         "runs": runs,

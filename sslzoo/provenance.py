@@ -82,3 +82,11 @@ def provenance() -> dict:
         "hardware": hardware(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def provenance_since(start: dict) -> dict:
+    """The provenance taken when a long benchmark started, plus the code version at its end where it
+    differs (the code was edited or committed while the benchmark ran)."""
+    now = code_version()
+    changed = any(now[key] != start[key] for key in now)
+    return {**start, **({"code_version_at_end": now} if changed else {})}

@@ -89,6 +89,15 @@ def test_every_method_gets_the_same_budget(results: tuple[Path, dict]) -> None:
         assert knn["evaluation"] == "offline" and knn["knn_top1"] == run["knn"]["knn_top1"]
 
 
+def test_provenance_says_when_the_code_changed_while_a_benchmark_ran() -> None:
+    from sslzoo.provenance import provenance, provenance_since
+
+    started = provenance()
+    assert provenance_since(started) == started
+    edited = {**started, "git_commit": "0" * 40}
+    assert provenance_since(edited)["code_version_at_end"]["git_commit"] == started["git_commit"]
+
+
 def test_every_result_file_records_provenance_and_configs(results: tuple[Path, dict]) -> None:
     out, data = results
     prov = data["provenance"]
