@@ -290,8 +290,10 @@ def curves_figure(results: dict, group: str, keys: list[str], title: str, bars: 
     if bars:
         ax = axes[-1]
         colours = colormaps["tab10"].colors
-        ax.bar(range(len(entries)), [100 * e["knn_top1"] for e in entries], color=colours[: len(entries)])
+        accuracies = [100 * e["knn_top1"] for e in entries]
+        ax.bar(range(len(entries)), accuracies, color=colours[: len(entries)])
         floor = 100 * results["random_init_knn_top1"]
+        ax.set_ylim(min(*accuracies, floor) - 2, max(*accuracies, floor) + 1)  # the differences are a few points
         ax.axhline(floor, color="gray", ls="--", lw=1, label=f"random-init backbone (kNN {floor:.1f}%)")
         ax.set_xticks([])
         ax.set_title("offline kNN@20 top-1 (%)", fontsize=9)
@@ -344,7 +346,8 @@ FIGURES = {
         "byol_predictor_target.png",
         lambda r: curves_figure(
             r, "byol", ["loss", "embed_std", "embed_rank"],
-            "BYOL: without the predictor or the slow target it collapses (BYOL Table 5)", bars=True,
+            "BYOL without the predictor, or with the target = the online network (BYOL Table 5: both collapse)",
+            bars=True,
         ),
     ),
     "batch": ("batch_size.png", batch_figure),
