@@ -246,16 +246,18 @@ def run_experiment(experiment: Experiment, options: dict, train: dict, evaluator
     return entry
 
 
-def random_init_knn(evaluator, entries: list[dict]) -> float | None:
-    """kNN of the untrained backbone on the experiments' data: what a method that learned nothing scores."""
+def random_init_knn(evaluator, entries: list[dict]) -> tuple[float | None, int | None]:
+    """kNN of the untrained backbone on the experiments' data (what a method that learned nothing
+    scores), initialised with the runs' seed; and that seed."""
     from sslzoo.eval.evaluate import from_run, random_init
 
     done = [e for e in entries if e["status"] == "ok"]
     if not done:
-        return None
+        return None, None
     trained = from_run(Path(done[0]["run_dir"]))
-    subject = random_init(trained.backbone, trained.data, seed=0)
-    return evaluator.knn(subject, evaluator.features(subject))["headline"]["knn_top1"]
+    seed = int(trained.config["seed"])
+    subject = random_init(trained.backbone, trained.data, seed)
+    return evaluator.knn(subject, evaluator.features(subject))["headline"]["knn_top1"], seed
 
 
 # --------------------------------------------------------------------------- figures
@@ -363,7 +365,8 @@ def markdown(results: dict) -> str:
         "# Teaching-lab ablations",
         "",
         f"Offline kNN@20 top-1 on {results['eval']['train_limit']} train / {results['eval']['test_limit']} test "
-        f"images; random-init backbone: {'n/a' if floor is None else f'{100 * floor:.2f}%'}. Last logged diagnostics.",
+        f"images; random-init backbone: {'n/a' if floor is None else f'{100 * floor:.2f}%'} "
+        f"(seed {results.get('random_init_seed')}). Last logged diagnostics.",
         "",
         "| group | run | steps | batch | kNN@20 (%) | teacher entropy | KL | embed std | eff. rank | train (min) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -419,7 +422,7 @@ def main(argv: list[str]) -> int:
         "options": options,
         "train_overrides": train,
         "eval": {"train_limit": protocol.train_limit, "test_limit": protocol.test_limit, **to_dict(protocol)["knn"]},
-        "random_init_knn_top1": random_init_knn(evaluator, entries),
+        **dict(zip(("random_init_knn_top1", "random_init_seed"), random_init_knn(evaluator, entries))),
         "experiments": entries,
         "provenance": provenance_since(started),
     }

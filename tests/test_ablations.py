@@ -84,7 +84,7 @@ def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) ->
     out, runs = tmp_path / "out", tmp_path / "runs"
     command = [sys.executable, str(BENCHMARKS / "ablations.py"), "only=dino", "steps=2", f"out={out}", f"runs={runs}"]
     command += ["data.batch_size=16", "trainer.device=cpu", "trainer.log_every=1", "eval.device=cpu"]
-    command += ["eval.train_limit=200", "eval.test_limit=100"]
+    command += ["eval.train_limit=200", "eval.test_limit=100", "seed=1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((out / "ablations.json").read_text())
@@ -96,7 +96,7 @@ def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) ->
         assert {"teacher_entropy", "kl", "embed_std", "embed_rank"} <= set(entry["final"])
         assert (runs / entry["name"] / "backbone.pt").is_file()
         assert "trainer.max_steps=2" in entry["command"]
-    assert 0 <= results["random_init_knn_top1"] <= 1
+    assert 0 <= results["random_init_knn_top1"] <= 1 and results["random_init_seed"] == 1  # the runs' seed
     assert (out / "dino_centring_sharpening.png").stat().st_size > 1000
     assert "| dino |" in (out / "ablations.md").read_text()
     # reuse=true keeps the finished runs, reports their own training time and says so in the table
@@ -109,7 +109,7 @@ def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) ->
     from _common import finished_run
 
     dino = next(e for e in ablations.experiments() if e.name == "dino")
-    train = {"data.batch_size": 16, "trainer.device": "cpu", "trainer.log_every": 1}
+    train = {"data.batch_size": 16, "trainer.device": "cpu", "trainer.log_every": 1, "seed": 1}
     overrides = ablations.overrides_of(dino, 2, train)
     assert finished_run(runs / "dino", dino.recipe, overrides) is not None
     assert finished_run(runs / "dino", dino.recipe, {**overrides, "method.teacher_temp": 0.05}) is None
