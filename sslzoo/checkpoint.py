@@ -1,4 +1,4 @@
-"""Atomic, safely loadable checkpoints.
+"""Atomic, safely loadable checkpoints (and the evaluation snapshots of ``trainer.snapshot_every``).
 
 A checkpoint is written to a temporary file in the same folder, flushed to
 disk, then renamed over the old one: a crash (even SIGKILL) or a full disk at
@@ -8,16 +8,20 @@ only tensors and plain Python values, so they load with ``weights_only=True``.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from sslzoo.errors import UserError
 
 FORMAT = "sslzoo-checkpoint/1"
+SNAPSHOT_DIR = "snapshots"  # trainer.snapshot_every: the evaluated backbone every N steps, beside checkpoints/
+SNAPSHOT_INDEX = "index.json"
 
 
 def os_error(err: BaseException) -> OSError | None:
@@ -34,6 +38,11 @@ def os_error(err: BaseException) -> OSError | None:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` atomically; on failure the old file is untouched."""
+    atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it to ``path``; on failure the old file is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed (SIGKILL)
         stale.unlink(missing_ok=True)
@@ -41,7 +50,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -74,3 +83,37 @@ def load_checkpoint(path: Path, method: str | None = None, backbone: str | None 
             f"but this run is {method} on {backbone}; use another trainer.out_dir or resume=none"
         )
     return state
+
+
+class Snapshots:
+    """A run's evaluation snapshots (``trainer.snapshot_every``): ``snapshots/backbone_stepNNNNNN.pt``, each a plain
+    ``state_dict`` of ``method.eval_backbone()`` like ``backbone.pt``, and ``snapshots/index.json``, which lists
+    them in step order as ``{"step", "train_s", "file"}`` (``train_s``: the trainer's training seconds so far)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = Path(run_dir) / SNAPSHOT_DIR
+        self.index = self.folder / SNAPSHOT_INDEX
+
+    def read(self) -> list[dict]:
+        return json.loads(self.index.read_text()) if self.index.is_file() else []
+
+    def write_index(self, entries: list[dict]) -> None:
+        atomic_write(self.index, lambda file: file.write(json.dumps(entries, indent=1).encode()))
+
+    def save(self, state_dict: dict, step: int, train_s: float) -> None:
+        """Write the snapshot of ``step``, then list it (the index never names a missing file)."""
+        name = f"backbone_step{step:06d}.pt"
+        atomic_save(state_dict, self.folder / name)
+        earlier = [e for e in self.read() if e["step"] < step]
+        self.write_index([*earlier, {"step": step, "train_s": train_s, "file": name}])
+
+    def truncate_after(self, step: int) -> None:
+        """Forget and delete the snapshots past ``step``: they belong to steps a resumed run will redo."""
+        entries = self.read()
+        kept = [e for e in entries if e["step"] <= step]
+        if len(kept) == len(entries):
+            return
+        self.write_index(kept)
+        for entry in entries:
+            if entry["step"] > step:
+                (self.folder / entry["file"]).unlink(missing_ok=True)

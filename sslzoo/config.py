@@ -92,6 +92,7 @@ class TrainerConfig:
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["fp32", "bf16", "fp16"]
     checkpoint_every: int  # optimizer steps
+    snapshot_every: int  # keep the evaluated backbone every N steps in snapshots/, with the training time; 0: off
     log_every: int
     compile: bool
     on_nonfinite: Literal["stop", "skip"]  # a NaN/inf loss stops the run, or skips the step
@@ -324,6 +325,7 @@ def check_ranges(cfg: Config) -> None:
     need(cfg.trainer.epochs > 0, "trainer.epochs must be a positive integer")
     need(cfg.trainer.max_steps is None or cfg.trainer.max_steps > 0, "trainer.max_steps must be positive or null")
     need(cfg.trainer.checkpoint_every > 0, "trainer.checkpoint_every must be a positive integer")
+    need(cfg.trainer.snapshot_every >= 0, "trainer.snapshot_every must be 0 (off) or a positive integer")
     need(cfg.trainer.log_every > 0, "trainer.log_every must be a positive integer")
     need(cfg.optim.lr > 0, "optim.lr must be positive")
     need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be 0 or more")

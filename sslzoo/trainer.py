@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from sslzoo.augment import MultiCrop
 from sslzoo.backbones import Backbone
-from sslzoo.checkpoint import FORMAT, atomic_save, load_checkpoint
+from sslzoo.checkpoint import FORMAT, Snapshots, atomic_save, load_checkpoint
 from sslzoo.config import Config, to_yaml
 from sslzoo.data import ResumableSampler, SeededViews, data_info, load_dataset
 from sslzoo.diagnostics import collapse_metrics
@@ -294,6 +294,7 @@ class Trainer:
             raise UserError("trainer.precision=bf16 needs an Ampere or newer GPU; use trainer.precision=fp16 here")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.trainer.precision == "fp16")
         self.skipped_steps = 0
+        self.train_s = 0.0  # training seconds so far (data and steps; not start-up or saving), continued on resume
         self.stop_signal: int | None = None
         self.probe = build_online_probe(cfg, self.method, self.device) if cfg.trainer.online_probe else None
 
@@ -311,6 +312,7 @@ class Trainer:
             "step": self.clock.step,
             "epoch": self.clock.epoch,
             "skipped_steps": self.skipped_steps,
+            "train_s": self.train_s,
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -323,6 +325,10 @@ class Trainer:
         if self.ddp.is_main:
             atomic_save(self.checkpoint_state(), self.last_checkpoint)
 
+    def eval_backbone_state(self) -> dict:
+        """The plain ``state_dict`` of the backbone to evaluate (``backbone.pt``, the snapshots)."""
+        return self.method.eval_backbone().model.state_dict()
+
     def maybe_resume(self) -> None:
         resume = self.cfg.resume
         path = self.last_checkpoint if resume == "auto" else Path(resume)
@@ -334,6 +340,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.skipped_steps = state["skipped_steps"]
+        self.train_s = state.get("train_s", 0.0)  # absent from checkpoints written before it was recorded
         if self.probe is not None and state.get("online_probe") is not None:  # else the probe starts afresh
             self.probe.restore(state["online_probe"])
         self.clock = self.clock.at(state["step"])
@@ -430,18 +437,23 @@ class Trainer:
         if self.ddp.is_main:
             write_text(self.out_dir / "config.yaml", to_yaml(cfg))
         log = MetricsLog(cfg, self.out_dir, self.clock.step) if self.ddp.is_main else None
+        snapshots = Snapshots(self.out_dir) if self.ddp.is_main else None
+        if snapshots is not None:
+            snapshots.truncate_after(self.clock.step)
         self.install_signal_handlers()
         self.method.train()
         bar = tqdm(
             total=self.clock.total_steps, initial=self.clock.step, disable=not self.ddp.is_main, dynamic_ncols=True
         )
         images, tick = 0, time.perf_counter()
+        mark = tick  # train_s counts from here, up to each step's end; the bookkeeping after a step is left out
         try:
             while self.clock.step < self.clock.total_steps:
                 self.sampler.set_position(self.clock.epoch, self.clock.step % self.clock.steps_per_epoch)
                 for views, labels in self.loader:
                     record = self.step(views, labels)
                     self.clock = self.clock.at(self.clock.step + 1)
+                    self.train_s += time.perf_counter() - mark
                     images += len(views[0]) * self.ddp.world_size
                     bar.update(1)
                     if self.clock.step % cfg.trainer.log_every == 0 or self.clock.step == self.clock.total_steps:
@@ -458,6 +470,9 @@ class Trainer:
                         )
                         if log is not None:
                             log.write(record)
+                    every = cfg.trainer.snapshot_every
+                    if snapshots is not None and every and self.clock.step % every == 0:
+                        snapshots.save(self.eval_backbone_state(), self.clock.step, self.train_s)
                     saved = self.clock.step % cfg.trainer.checkpoint_every == 0
                     if saved:
                         self.save_checkpoint()
@@ -468,9 +483,10 @@ class Trainer:
                         raise Stopped(stop)
                     if self.clock.step >= self.clock.total_steps:
                         break
+                    mark = time.perf_counter()
             self.save_checkpoint()
             if self.ddp.is_main:
-                atomic_save(self.method.eval_backbone().model.state_dict(), self.out_dir / "backbone.pt")
+                atomic_save(self.eval_backbone_state(), self.out_dir / "backbone.pt")
         finally:
             bar.close()
             if log is not None:

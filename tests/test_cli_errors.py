@@ -122,6 +122,7 @@ def test_value_of_the_wrong_type(cli, override: str, message: str) -> None:
         ("augment.flip_p=1.5", "augment probabilities must lie in [0, 1]"),
         ("augment.global_scale=[0.5,0.1]", "augment.global_scale must be [min, max]"),
         ("trainer.checkpoint_every=0", "trainer.checkpoint_every must be a positive integer"),
+        ("trainer.snapshot_every=-1", "trainer.snapshot_every must be 0 (off) or a positive integer"),
         ("trainer.device=gpu", "trainer.device='gpu' is not allowed; choose one of auto, cpu, cuda"),
         ("data.on_corrupt=ignore", "choose one of skip, error"),
         ("method.name=dyno", "unknown method 'dyno' (did you mean 'dino'?)"),
