@@ -119,7 +119,8 @@ def load_pretrain(run_dir: Path) -> Pretrain | None:
 
 def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretrain | None:
     """A successful earlier run in ``run_dir`` whose saved config is what ``recipe`` with ``overrides``
-    resolves to now: a recipe edited since the run does not count, even if the command is the same."""
+    resolves to now (a recipe edited since the run does not count, even if the command is the same),
+    with every evaluation snapshot that config asks for."""
     import yaml
 
     from sslzoo.config import load_config, to_yaml
@@ -129,7 +130,21 @@ def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretr
     if previous is None or not previous.ok or not (run_dir / "backbone.pt").is_file() or not saved.is_file():
         return None
     wanted = load_config(recipe, {**overrides, "trainer.out_dir": str(run_dir)})
-    return previous if yaml.safe_load(saved.read_text()) == yaml.safe_load(to_yaml(wanted)) else None
+    same = yaml.safe_load(saved.read_text()) == yaml.safe_load(to_yaml(wanted))
+    return previous if same and snapshots_complete(run_dir, wanted.trainer.snapshot_every) else None
+
+
+def snapshots_complete(run_dir: Path, every: int) -> bool:
+    """Whether a finished run holds its snapshot of every ``every``-th step up to its last logged step."""
+    from sslzoo.checkpoint import Snapshots
+
+    if not every:
+        return True
+    metrics = read_metrics(run_dir)
+    snapshots = Snapshots(run_dir)
+    entries = snapshots.read()
+    expected = list(range(every, metrics[-1]["step"] + 1, every)) if metrics else []
+    return [e["step"] for e in entries] == expected and all((snapshots.folder / e["file"]).is_file() for e in entries)
 
 
 def mean_std(values: list[float | None]) -> dict[str, float | int | None]:

@@ -5,9 +5,12 @@ Pre-trains every method (by default all registered ones, each from its
 size, backbone, crops where the method allows), each in its own subprocess;
 evaluates each frozen backbone offline (kNN and linear probe) next to two
 baselines (raw pixels, the random-init backbone); and writes to the results
-folder ``results.json``, ``results.md``, ``results.png`` (bars), and
-``loss_curves.png`` / ``accuracy_curves.png``. Every file records the git
-commit, each run's full config, the seeds, the torch version and the hardware.
+folder ``results.json``, ``results.md``, ``results.png`` (bars),
+``loss_curves.png`` / ``accuracy_curves.png``, and ``knn_vs_minutes.png``: each
+method's offline kNN on a fixed subset at each ``1/curve_points`` of the budget
+(from snapshots of its evaluated backbone) against its training minutes, over the
+raw-pixel and random-init lines. Every file records the git commit, each run's
+full config, the seeds, the torch version and the hardware.
 Defaults and every option: ``benchmarks/compare.yaml``.
 """
 
@@ -18,8 +21,9 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -27,17 +31,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Pretrain, finished_run, mean_std, pretrain, read_metrics  # noqa: E402
 
+from sslzoo.checkpoint import Snapshots  # noqa: E402
 from sslzoo.config import Config, build, dotted_keys, load_config, parse_overrides, read_yaml, set_dotted  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.eval.protocol import Protocol, load_protocol, to_dict  # noqa: E402
 from sslzoo.methods import METHODS, method_class  # noqa: E402
 from sslzoo.provenance import provenance, provenance_since  # noqa: E402
 
+if TYPE_CHECKING:  # for the annotations only: this script imports sslzoo.eval.evaluate where it uses it
+    from sslzoo.eval.evaluate import Evaluator, Features, Subject
+
 SETTINGS_FILE = Path(__file__).resolve().parent / "compare.yaml"
 SCHEMA = "sslzoo-compare/1"
 EVAL_PREFIX = "eval."
 KNN_KEY, LINEAR_KEY = "offline_knn_top1_at_k", "offline_linear_top1"
 BASELINES = ("raw_pixels", "random_init")
+BASELINE_LABELS = {"raw_pixels": "raw pixels (baseline)", "random_init": "random-init backbone (baseline)"}
 PLOT_DPI = 120
 BUDGET_KEYS = {  # recipe keys that the budget settings own
     "seed": "seeds",
@@ -46,7 +55,9 @@ BUDGET_KEYS = {  # recipe keys that the budget settings own
     "model.backbone": "backbone",
     "augment.local_crops": "local_crops",
     "trainer.online_probe": "online_probe",
+    "trainer.snapshot_every": "curve_points",
 }
+CURVE_FIGURE = "knn_vs_minutes.png"
 
 
 @dataclass
@@ -60,6 +71,9 @@ class Settings:
     backbone: str
     local_crops: int
     online_probe: bool
+    curve_points: int
+    curve_train_limit: int | None
+    curve_test_limit: int | None
     baselines: bool
     reuse: bool
     out: str
@@ -110,6 +124,13 @@ def parse(argv: list[str]) -> tuple[Settings, dict[str, Any], dict[str, Any]]:
         raise UserError("steps and batch_size must be positive and local_crops 0 or more")
     if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds):
         raise UserError(f"seeds={settings.seeds} must be a non-empty list of distinct integers")
+    if settings.curve_points < 0 or settings.steps % max(settings.curve_points, 1):
+        raise UserError(
+            f"curve_points={settings.curve_points} must be 0 (no curve) or divide steps={settings.steps}: "
+            "the curve evaluates each 1/curve_points of the budget"
+        )
+    if any(n is not None and n <= 0 for n in (settings.curve_train_limit, settings.curve_test_limit)):
+        raise UserError("curve_train_limit and curve_test_limit must be positive or null (the whole split)")
     return settings, train_overrides, eval_overrides
 
 
@@ -138,6 +159,7 @@ def plan_runs(settings: Settings, train_overrides: dict[str, Any]) -> list[Plan]
                 "data.batch_size": settings.batch_size,
                 "model.backbone": settings.backbone,
                 "trainer.online_probe": settings.online_probe,
+                "trainer.snapshot_every": settings.steps // settings.curve_points if settings.curve_points else 0,
                 "logger.wandb": "off",
                 **({"augment.local_crops": settings.local_crops} if method_class(method).supports_local_crops else {}),
                 **train_overrides,
@@ -169,7 +191,8 @@ def finished(settings: Settings, directory: Path, recipe: str, overrides: dict[s
     return finished_run(directory, recipe, overrides) if settings.reuse else None
 
 
-def evaluate_run(evaluator, subject, seed: int) -> tuple[dict, dict]:
+def evaluate_run(evaluator: Evaluator, subject: Subject, seed: int) -> tuple[dict, dict, Features]:
+    """(kNN record, linear record, the features they were computed from)."""
     from sslzoo.eval.evaluate import KNN_FILE, LINEAR_FILE, write_record
 
     features = evaluator.features(subject)
@@ -178,14 +201,61 @@ def evaluate_run(evaluator, subject, seed: int) -> tuple[dict, dict]:
     if subject.out_dir is not None:
         write_record(subject.out_dir / KNN_FILE, knn, subject, evaluator.protocol)
         write_record(subject.out_dir / LINEAR_FILE, linear, subject, evaluator.protocol)
-    return knn, linear
+    return knn, linear, features
+
+
+def smallest(*limits: int | None) -> int | None:
+    """The smallest of the image limits given (null: no limit)."""
+    present = [n for n in limits if n is not None]
+    return min(present) if present else None
+
+
+def curve_protocol(settings: Settings, protocol: Protocol) -> Protocol:
+    """The protocol on the curve's fixed subset: the first images of each split, within the protocol's own limits."""
+    return dataclasses.replace(
+        protocol,
+        train_limit=smallest(settings.curve_train_limit, protocol.train_limit),
+        test_limit=smallest(settings.curve_test_limit, protocol.test_limit),
+    )
+
+
+def subset_knn(curve: Evaluator, subject: Subject, features: Features) -> float:
+    """The headline kNN on the curve's subset, from ``features`` of the full split (the subset is its first images)."""
+    p = curve.protocol
+    first = dataclasses.replace(
+        features,
+        knn_train=features.knn_train[: p.train_limit],
+        train_labels=features.train_labels[: p.train_limit],
+        knn_test=features.knn_test[: p.test_limit],
+        test_labels=features.test_labels[: p.test_limit],
+    )
+    return curve.knn(subject, first)["headline"]["knn_top1"]
+
+
+def knn_curve(
+    settings: Settings, directory: Path, curve: Evaluator, final: Subject, final_features: Features
+) -> list[dict]:
+    """The subset kNN of each snapshot of the run, with the training minutes it had taken; the last
+    snapshot is the final backbone (``final``), whose full-split features are already computed."""
+    from sslzoo.eval.evaluate import from_snapshot
+
+    points = []
+    for entry in Snapshots(directory).read():
+        if entry["step"] == settings.steps:
+            knn = subset_knn(curve, final, final_features)
+        else:
+            subject = from_snapshot(directory, entry)
+            knn = curve.knn(subject, curve.features(subject))["headline"]["knn_top1"]
+        points.append({"step": entry["step"], "train_minutes": entry["train_s"] / 60, "knn_top1": knn})
+    return points
 
 
 def strip(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "subject"}
 
 
-def run_method(settings: Settings, plan: Plan, seed: int, evaluator) -> dict:
+def run_method(settings: Settings, plan: Plan, seed: int, evaluator: Evaluator, curve: Evaluator | None) -> dict:
+    """Pre-train (or reuse) one method and seed, evaluate it offline and, with ``curve``, each of its snapshots."""
     from sslzoo.eval.evaluate import from_run
 
     directory = run_dir(settings, plan.method, seed)
@@ -212,7 +282,8 @@ def run_method(settings: Settings, plan: Plan, seed: int, evaluator) -> dict:
     if not result.ok:
         print(f"[{plan.method} seed {seed}] FAILED: {result.error} (log: {directory / 'train.log'})", flush=True)
         return entry
-    knn, linear = evaluate_run(evaluator, from_run(directory), seed)
+    final = from_run(directory)
+    knn, linear, features = evaluate_run(evaluator, final, seed)
     entry.update(knn=strip(knn), linear=strip(linear), eval_s=knn["extract_s"] + knn["eval_s"] + linear["eval_s"])
     print(
         f"[{plan.method} seed {seed}] pre-train {result.wall_s / 60:.1f} min; offline kNN@{knn['headline']['k']} "
@@ -220,20 +291,29 @@ def run_method(settings: Settings, plan: Plan, seed: int, evaluator) -> dict:
         f"(evaluation {entry['eval_s'] / 60:.1f} min)",
         flush=True,
     )
+    if curve is not None:
+        start = time.perf_counter()
+        entry["curve"] = knn_curve(settings, directory, curve, final, features)
+        entry["curve_eval_s"] = time.perf_counter() - start
+        points = ", ".join(f"{p['train_minutes']:.1f} min {100 * p['knn_top1']:.2f}%" for p in entry["curve"])
+        print(f"[{plan.method} seed {seed}] subset kNN curve: {points}", flush=True)
     return entry
 
 
-def run_baseline(name: str, settings: Settings, cfg: Config, seed: int, evaluator) -> dict:
+def run_baseline(
+    name: str, settings: Settings, cfg: Config, seed: int, evaluator: Evaluator, curve: Evaluator | None
+) -> dict:
+    """Evaluate a baseline offline and, with ``curve``, on the curve's subset."""
     from sslzoo.eval.evaluate import random_init, raw_pixels
 
     subject = raw_pixels(cfg.data) if name == "raw_pixels" else random_init(settings.backbone, cfg.data, seed)
-    knn, linear = evaluate_run(evaluator, subject, seed)
+    knn, linear, features = evaluate_run(evaluator, subject, seed)
     print(
         f"[{name} seed {seed}] offline kNN@{knn['headline']['k']} {100 * knn['headline']['knn_top1']:.2f}%, "
         f"offline linear {100 * linear['linear_top1']:.2f}%",
         flush=True,
     )
-    return {
+    entry = {
         "name": name,
         "seed": seed,
         "status": "ok",
@@ -242,6 +322,17 @@ def run_baseline(name: str, settings: Settings, cfg: Config, seed: int, evaluato
         "linear": strip(linear),
         "eval_s": knn["extract_s"] + knn["eval_s"] + linear["eval_s"],
     }
+    if curve is not None:
+        entry["subset_knn_top1"] = subset_knn(curve, subject, features)
+    return entry
+
+
+def start_curves_at_random_init(runs: list[dict]) -> None:
+    """Every method's curve starts at step 0, 0 minutes, at the random-init backbone of its seed (the baseline)."""
+    floors = {e["seed"]: e["subset_knn_top1"] for e in runs if e["name"] == "random_init"}
+    for entry in runs:
+        if "curve" in entry and entry["seed"] in floors:
+            entry["curve"].insert(0, {"step": 0, "train_minutes": 0.0, "knn_top1": floors[entry["seed"]]})
 
 
 # --------------------------------------------------------------------------- summary
@@ -270,6 +361,18 @@ def summarise(name: str, kind: str, entries: list[dict], plan: Plan | None, head
             peak_memory_bytes=mean_std([e["peak_memory_bytes"] for e in ok]),
             peak_memory_kind=ok[0]["peak_memory_kind"] if ok else None,
         )
+    curves = [e["curve"] for e in ok if "curve" in e]
+    if curves:
+        row["curve"] = [
+            {
+                "step": points[0]["step"],
+                "train_minutes": mean_std([p["train_minutes"] for p in points]),
+                "knn_top1": mean_std([p["knn_top1"] for p in points]),
+            }
+            for points in zip(*curves)
+        ]
+    if any("subset_knn_top1" in e for e in ok):
+        row["subset_knn_top1"] = mean_std([e["subset_knn_top1"] for e in ok])
     return row
 
 
@@ -319,8 +422,8 @@ def markdown(results: dict) -> str:
     ]
     for row in results["rows"]:
         if row["kind"] == "baseline":
-            label = {"raw_pixels": "raw pixels (baseline)", "random_init": "random-init backbone (baseline)"}
-            cells = [label[row["name"]], "—", "—", "—", pct(row[KNN_KEY]), pct(row[LINEAR_KEY]), "—", "—", "—"]
+            label = BASELINE_LABELS[row["name"]]
+            cells = [label, "—", "—", "—", pct(row[KNN_KEY]), pct(row[LINEAR_KEY]), "—", "—", "—"]
         else:
             cells = [
                 row["name"],
@@ -335,6 +438,7 @@ def markdown(results: dict) -> str:
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += curve_markdown(results)
     verdicts = [
         f"{r['name']}: kNN {yes_no(r['beats_random_init']['knn'])}, linear {yes_no(r['beats_random_init']['linear'])}"
         for r in results["rows"]
@@ -380,6 +484,37 @@ def markdown(results: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def curve_markdown(results: dict) -> list[str]:
+    """The curve table: each method's training minutes and subset kNN at each fraction of the budget."""
+    curve, steps = results["curve"], results["settings"]["steps"]
+    rows = [r for r in results["rows"] if r.get("curve")]
+    if curve is None or not rows:
+        return []
+    k = curve["k"]
+    fractions = [str(Fraction(p["step"], steps)) for p in rows[0]["curve"]]
+    header = [f"{f} (step {p['step']})" for f, p in zip(fractions, rows[0]["curve"])]
+    lines = [
+        f"## Offline kNN@{k} against training minutes",
+        "",
+        f"Offline kNN@{k} (%) on a fixed subset, the first {curve['train_images']} training and "
+        f"{curve['test_images']} test images, at each 1/{curve['points']} of the budget ({CURVE_FIGURE}); each cell is "
+        "the training minutes so far · the kNN. Training minutes count data loading and steps, not start-up or "
+        "saving (less than the pre-train wall time above). Step 0 is the random-init backbone of the run's seed; "
+        "the last column is the final backbone of the table above, on the subset.",
+        "",
+        "| method | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(header),
+    ]
+    for row in rows:
+        cells = [f"{p['train_minutes']['mean']:.1f} min · {pct(p['knn_top1'])}" for p in row["curve"]]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    baselines = [r for r in results["rows"] if "subset_knn_top1" in r]
+    floors = [f"{BASELINE_LABELS[r['name']]} {pct(r['subset_knn_top1'])}" for r in baselines]
+    if floors:
+        lines += ["", "On the same subset: " + "; ".join(floors) + "."]
+    return [*lines, ""]
 
 
 def yes_no(value: bool | None) -> str:
@@ -455,6 +590,43 @@ def plot_curves(results: dict, key: str, ylabel: str, title: str, path: Path) ->
     plt.close(fig)
 
 
+def plot_knn_vs_minutes(results: dict, path: Path) -> None:
+    """Each method's subset kNN against its training minutes, one line per seed, over the baselines' lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve, seeds = results["curve"], results["settings"]["seeds"]
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    per_seed = f" (one line per seed: {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+    methods = [r["name"] for r in results["rows"] if r["kind"] == "method"]
+    for i, method in enumerate(methods):
+        entries = [e for e in results["runs"] if e["name"] == method and e.get("curve")]
+        for j, entry in enumerate(entries):
+            minutes, knn = zip(*((p["train_minutes"], 100 * p["knn_top1"]) for p in entry["curve"]))
+            label = method + per_seed if j == 0 else None
+            ax.plot(minutes, knn, marker="o", color=colours[i % len(colours)], label=label)
+    for row, style in zip((r for r in results["rows"] if "subset_knn_top1" in r), ("--", ":")):
+        stat = row["subset_knn_top1"]
+        mean = f", mean of {stat['n']} seeds" if stat["n"] > 1 else ""
+        label = f"{BASELINE_LABELS[row['name']]}{mean}: {100 * stat['mean']:.2f}"
+        ax.axhline(100 * stat["mean"], color="black", linestyle=style, label=label)
+    ax.set_xlabel("training minutes (data loading and steps; start-up and saving left out)")
+    ax.set_ylabel(f"offline kNN@{curve['k']} top-1 (%)")
+    ax.set_title(
+        f"Offline kNN@{curve['k']} on a fixed {curve['train_images']}/{curve['test_images']} subset of "
+        f"{results['dataset']} (the first train/test images)\n{results['settings']['steps']} steps of batch "
+        f"{results['settings']['batch_size']}, a point at each 1/{curve['points']} of the budget",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI, metadata=png_metadata(results))
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -462,18 +634,22 @@ def compare(settings: Settings, plans: list[Plan], protocol: Protocol, train_ove
     from sslzoo.eval.evaluate import Evaluator
 
     evaluator = Evaluator(protocol)
+    curve = Evaluator(curve_protocol(settings, protocol)) if settings.curve_points else None
     k = protocol.knn.headline_k
     start, started = time.perf_counter(), provenance()
-    runs = [run_method(settings, plan, seed, evaluator) for plan in plans for seed in settings.seeds]
-    rows = [summarise(p.method, "method", [e for e in runs if e["name"] == p.method], p, k) for p in plans]
+    cfg = plans[0].configs[settings.seeds[0]]
+    runs = [run_method(settings, plan, seed, evaluator, curve) for plan in plans for seed in settings.seeds]
+    baselines = []
     if settings.baselines:
-        cfg = plans[0].configs[settings.seeds[0]]
         for name in BASELINES:
             # the pixels do not depend on the seed: one evaluation; the random init is drawn per seed
             seeds = settings.seeds[:1] if name == "raw_pixels" else settings.seeds
-            entries = [run_baseline(name, settings, cfg, seed, evaluator) for seed in seeds]
+            entries = [run_baseline(name, settings, cfg, seed, evaluator, curve) for seed in seeds]
+            baselines.append(summarise(name, "baseline", entries, None, k))
             runs += entries
-            rows.append(summarise(name, "baseline", entries, None, k))
+    start_curves_at_random_init(runs)
+    rows = [summarise(p.method, "method", [e for e in runs if e["name"] == p.method], p, k) for p in plans]
+    rows += baselines
     floor = next((r for r in rows if r["name"] == "random_init"), None)
     for row in rows:
         if row["kind"] == "method":
@@ -485,10 +661,24 @@ def compare(settings: Settings, plans: list[Plan], protocol: Protocol, train_ove
         "settings": dataclasses.asdict(settings),
         "train_overrides": train_overrides,
         "protocol": to_dict(protocol),
+        "curve": None if curve is None else curve_info(settings, curve, cfg),
         "provenance": provenance_since(started),
         "total_wall_s": time.perf_counter() - start,
         "rows": rows,
         "runs": runs,
+    }
+
+
+def curve_info(settings: Settings, curve: Evaluator, cfg: Config) -> dict:
+    """What the curves measure: the points per run, the headline k and the subset's size."""
+    return {
+        "points": settings.curve_points,
+        "k": curve.protocol.knn.headline_k,
+        "train_images": len(curve.split(cfg.data, "train")),
+        "test_images": len(curve.split(cfg.data, "test")),
+        "minutes": "the trainer's training time (snapshots/index.json train_s): data loading and steps, "
+        "not start-up or saving",
+        "step_0": "the random-init backbone of the run's seed (the random_init baseline)",
     }
 
 
@@ -505,6 +695,8 @@ def write_results(results: dict, out: Path) -> None:
         "Online probe during pre-training (not the offline linear probe)",
         out / "accuracy_curves.png",
     )
+    if results["curve"] is not None:
+        plot_knn_vs_minutes(results, out / CURVE_FIGURE)
 
 
 @cli_entry
@@ -523,7 +715,8 @@ def main(argv: list[str]) -> int:
     results = compare(settings, plans, protocol, train_overrides, argv)
     write_results(results, out)
     print((out / "results.md").read_text().split("## Provenance")[0].rstrip())
-    print(f"\nwrote {out}/results.json, results.md, results.png, loss_curves.png, accuracy_curves.png")
+    curve = f", {CURVE_FIGURE}" if results["curve"] is not None else ""
+    print(f"\nwrote {out}/results.json, results.md, results.png, loss_curves.png, accuracy_curves.png{curve}")
     failed = [e for e in results["runs"] if e["status"] != "ok"]
     return 1 if failed else 0
 

@@ -1,24 +1,34 @@
 """benchmarks/compare.py: end to end on a tiny budget with every registered method (the files
-and their schema, not the accuracy), its settings parsing, statistics and failure handling."""
+and their schema, not the accuracy), its settings parsing, statistics and failure handling; the
+trainer's evaluation snapshots its kNN-against-minutes curves come from."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+import sslzoo.trainer
+from sslzoo.checkpoint import Snapshots, atomic_save, load_checkpoint
+from sslzoo.eval.evaluate import Evaluator, from_checkpoint, from_run, from_snapshot
+from sslzoo.eval.protocol import load_protocol
 from sslzoo.methods import METHODS, method_class
+from sslzoo.trainer import Stopped, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "compare.py"
-FILES = ("results.json", "results.md", "results.png", "loss_curves.png", "accuracy_curves.png")
+FILES = ("results.json", "results.md", "results.png", "loss_curves.png", "accuracy_curves.png", "knn_vs_minutes.png")
 
 
 def load_compare():
@@ -43,7 +53,12 @@ TINY = [
     "eval.test_limit=100",
     "eval.linear.epochs=2",
     "eval.knn.ks=[5,20]",
+    "curve_points=2",  # snapshots at steps 1 and 2
+    "curve_train_limit=100",
+    "curve_test_limit=50",
 ]
+CURVE_STEPS = [0, 1, 2]  # step 0: the random-init backbone
+SUBSET = {"train_limit": 100, "test_limit": 50, "knn.ks": [5, 20]}
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +122,128 @@ def test_every_result_file_records_provenance_and_configs(results: tuple[Path, d
     assert prov["git_commit"] in md and torch.__version__ in md and "offline" in md
     assert "raw pixels (baseline)" in md and "random-init backbone (baseline)" in md
     assert all(f"| {m} |" in md and f"{m} seed 0" in md for m in METHODS.names())  # table row and its config
-    for name in ("results.png", "loss_curves.png", "accuracy_curves.png"):
+    for name in ("results.png", "loss_curves.png", "accuracy_curves.png", "knn_vs_minutes.png"):
         meta = json.loads(Image.open(out / name).text["Description"])
         assert meta["provenance"]["git_commit"] == prov["git_commit"]
         assert meta["settings"]["seeds"] == [0]
         assert set(meta["configs"]) == {f"{m}/seed0" for m in METHODS.names()}
+
+
+def test_every_run_has_a_knn_curve_against_training_minutes(results: tuple[Path, dict]) -> None:
+    """Each method's curve: the random-init point, then each snapshot's subset kNN at increasing minutes,
+    the same numbers as evaluating the snapshots and the final backbone on the subset directly."""
+    out, data = results
+    assert {k: data["curve"][k] for k in ("points", "k", "train_images", "test_images")} == {
+        "points": 2, "k": 20, "train_images": 100, "test_images": 50,
+    }  # fmt: skip
+    floors = {e["name"]: e["subset_knn_top1"] for e in data["runs"] if "subset_knn_top1" in e}
+    assert set(floors) == {"raw_pixels", "random_init"}
+    subset = Evaluator(load_protocol(SUBSET))
+    for entry in (e for e in data["runs"] if e["name"] in METHODS.names()):
+        curve = entry["curve"]
+        assert [p["step"] for p in curve] == CURVE_STEPS
+        minutes = [p["train_minutes"] for p in curve]
+        assert minutes[0] == 0.0 and all(a < b for a, b in zip(minutes, minutes[1:]))
+        assert curve[0]["knn_top1"] == floors["random_init"]
+        run = Path(entry["run_dir"])
+        middle, final = from_snapshot(run, Snapshots(run).read()[0]), from_run(run)
+        for point, subject in ((curve[1], middle), (curve[2], final)):
+            assert point["knn_top1"] == subset.knn(subject, subset.features(subject))["headline"]["knn_top1"]
+        row = next(r for r in data["rows"] if r["name"] == entry["name"])
+        assert [p["step"] for p in row["curve"]] == CURVE_STEPS
+        assert row["curve"][-1]["knn_top1"]["mean"] == curve[-1]["knn_top1"]
+    md = (out / "results.md").read_text()
+    assert "## Offline kNN@20 against training minutes" in md and "| 1/2 (step 1) |" in md
+    assert all(f"| {m} | 0.0 min · " in md for m in METHODS.names())
+
+
+def test_a_run_is_reused_only_with_every_snapshot(results: tuple[Path, dict], tmp_path: Path) -> None:
+    _, data = results
+    entry = next(e for e in data["runs"] if e["name"] == "simclr")
+    copy = tmp_path / "runs" / "simclr" / "seed0"
+    shutil.copytree(entry["run_dir"], copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["trainer"]["out_dir"] = str(copy)
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    settings, train, _ = compare.parse([*TINY, "methods=simclr", "reuse=true", f"runs={tmp_path / 'runs'}"])
+    plan = compare.plan_runs(settings, train)[0]
+    assert compare.finished(settings, copy, plan.recipe, plan.overrides[0]) is not None
+    (copy / "snapshots" / "backbone_step000001.pt").unlink()
+    assert compare.finished(settings, copy, plan.recipe, plan.overrides[0]) is None
+
+
+# --------------------------------------------------------------------------- trainer snapshots
+
+STEP_S, SAVE_S = 1.0, 100.0  # on the fake clock: a training step, a save
+
+
+def fit(cfg, now: list[float], stop_after: int | None = None) -> None:
+    """Train ``cfg`` with steps that take STEP_S on the fake clock ``now``; SIGTERM after step ``stop_after``."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    trainer = Trainer(cfg)
+    step = trainer.step
+
+    def timed_step(views, labels=None):
+        now[0] += STEP_S
+        if trainer.clock.step + 1 == stop_after:
+            trainer.stop_signal = signal.SIGTERM
+        return step(views, labels)
+
+    trainer.step = timed_step
+    try:
+        if stop_after is None:
+            trainer.fit()
+        else:
+            with pytest.raises(Stopped):
+                trainer.fit()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def assert_same_tensors(ours: dict, theirs: dict) -> None:
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], v) for k, v in theirs.items())
+
+
+def test_snapshots_keep_the_evaluated_backbone_and_the_training_time(tiny_config, monkeypatch) -> None:
+    """trainer.snapshot_every: DINO's teacher backbone every N steps, with training seconds that leave saving
+    out and continue from the checkpoint on resume (on a fake clock: steps take 1 s, every save 100 s)."""
+    now = [0.0]
+    monkeypatch.setattr(sslzoo.trainer, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    real_save = torch.save
+
+    def slow_save(*args, **kwargs) -> None:
+        now[0] += SAVE_S
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", slow_save)
+    small = {
+        "method.out_dim": 256,
+        "method.hidden_dim": 256,
+        "trainer.checkpoint_every": 1,
+        "trainer.snapshot_every": 2,
+    }
+    cfg = tiny_config("dino_fmnist", **small, **{"trainer.max_steps": 4})
+    run, snapshots = Path(cfg.trainer.out_dir), Snapshots(Path(cfg.trainer.out_dir))
+    last = run / "checkpoints" / "last.pt"
+
+    fit(cfg, now, stop_after=2)
+    assert snapshots.read() == [{"step": 2, "train_s": 2 * STEP_S, "file": "backbone_step000002.pt"}]
+    state = load_checkpoint(last)
+    assert state["train_s"] == 2 * STEP_S
+    teacher = from_checkpoint(last).model.state_dict()  # method.eval_backbone(): DINO's teacher
+    assert_same_tensors(torch.load(snapshots.folder / "backbone_step000002.pt", weights_only=True), teacher)
+
+    atomic_save({**state, "train_s": 1000.0}, last)  # the time the resumed run continues from
+    fit(tiny_config("dino_fmnist", **small, **{"trainer.max_steps": 4, "resume": "auto"}), now)
+    entries = snapshots.read()
+    assert [(e["step"], e["train_s"]) for e in entries] == [(2, 2 * STEP_S), (4, 1000.0 + 2 * STEP_S)]
+    final = torch.load(snapshots.folder / entries[1]["file"], weights_only=True)
+    assert_same_tensors(final, torch.load(run / "backbone.pt", weights_only=True))
+
+    fit(tiny_config("dino_fmnist", **small, **{"trainer.max_steps": 2}), now)
+    assert [e["step"] for e in snapshots.read()] == [2]  # a fresh run (resume=none) forgets the old snapshots
+    assert sorted(p.name for p in snapshots.folder.glob("*.pt")) == ["backbone_step000002.pt"]
 
 
 # --------------------------------------------------------------------------- pieces
@@ -133,6 +265,9 @@ def test_settings_split_into_budget_recipe_and_protocol_overrides() -> None:
         (["methods=dino", "optim.lrr=1"], "did you mean 'optim.lr'"),  # caught before any run starts
         (["eval.knn.headline_k=7"], "headline_k"),
         (["trainer.max_steps=5"], "with steps="),  # the budget is set once, for every method
+        (["trainer.snapshot_every=3"], "with curve_points="),
+        (["steps=7", "curve_points=5"], "divide steps=7"),
+        (["curve_test_limit=0"], "positive or null"),
     ],
 )
 def test_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:

@@ -20,7 +20,7 @@ import yaml
 from torch import Tensor, nn
 
 from sslzoo.backbones import build_model
-from sslzoo.checkpoint import load_checkpoint
+from sslzoo.checkpoint import Snapshots, load_checkpoint
 from sslzoo.config import DataConfig, build, validate
 from sslzoo.data import data_info
 from sslzoo.errors import UserError
@@ -101,15 +101,26 @@ def from_run(run_dir: Path) -> Subject:
         return from_checkpoint(last, run_dir)
     if not final.is_file():
         raise UserError(f"{run_dir} has neither backbone.pt nor checkpoints/last.pt: the run saved no weights yet")
+    return from_state_dict(run_dir, tree, final, "final")
+
+
+def from_snapshot(run_dir: Path, entry: dict) -> Subject:
+    """A run's evaluation snapshot (an entry of ``Snapshots(run_dir).read()``, ``trainer.snapshot_every``)."""
+    path = Snapshots(run_dir).folder / entry["file"]
+    return from_state_dict(run_dir, read_run_config(run_dir), path, entry["step"])
+
+
+def from_state_dict(run_dir: Path, tree: dict, path: Path, step: int | str) -> Subject:
+    """The run's backbone with the plain ``state_dict`` in ``path`` (``backbone.pt`` or a snapshot)."""
     data = data_config(tree)
     backbone = str(tree["model"]["backbone"])
     model = plain_model(backbone, data)
     try:
-        model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True), strict=True)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     except (RuntimeError, OSError) as err:
-        raise UserError(f"{final} does not load into {backbone} ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path} does not load into {backbone} ({str(err).splitlines()[0]})") from None
     name = str(tree.get("method", {}).get("name", run_dir.name))
-    return Subject(name, model, backbone, data, {"source": str(final), "step": "final"}, tree, run_dir)
+    return Subject(name, model, backbone, data, {"source": str(path), "step": step}, tree, run_dir)
 
 
 def random_init(backbone: str, data: DataConfig, seed: int) -> Subject:
