@@ -1,0 +1,58 @@
+"""The convolutional-stem ViT for 28 px (Xiao et al. 2021): the token grid, masking and features that
+iBOT, the attention maps and the probes rely on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sslzoo.backbones import ConvStem, build_model, create_backbone
+
+NAME = "vit_convstem_micro_28"
+
+
+def test_convstem_keeps_the_7x7_token_grid_of_4x4_patches() -> None:
+    backbone = create_backbone(NAME, in_chans=1)
+    assert backbone.is_vit and backbone.patch_grid(28) == (7, 7)
+    tokens = backbone.forward_tokens(torch.randn(3, 1, 28, 28))
+    assert tokens.shape == (3, 1 + 7 * 7, 128)
+    local = backbone.forward_tokens(torch.randn(3, 1, 12, 12))  # a 12 px local crop: 3x3 tokens
+    assert local.shape == (3, 1 + 3 * 3, 128)
+    assert backbone(torch.randn(3, 1, 28, 28)).shape == (3, 128)
+
+
+def test_convstem_is_stride_2_convolutions_with_bn_then_a_1x1_projection() -> None:
+    stem = create_backbone(NAME, in_chans=1).model.patch_embed
+    assert isinstance(stem, ConvStem)
+    convs = [m for m in stem.proj if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.out_channels) for c in convs] == [
+        ((3, 3), (2, 2), 64),
+        ((3, 3), (2, 2), 128),
+        ((1, 1), (1, 1), 128),
+    ]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in stem.proj) == 2
+
+
+def test_masked_tokens_change_only_through_the_mask_token() -> None:
+    backbone = create_backbone(NAME, in_chans=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    mask = torch.zeros(2, 7, 7, dtype=torch.bool)
+    mask[:, 2:4, 2:4] = True
+    token = torch.randn(128)
+    with torch.no_grad():
+        plain = backbone.forward_tokens(x)
+        masked = backbone.forward_tokens(x, mask, token)
+        unmasked = backbone.forward_tokens(x, torch.zeros_like(mask), token)
+    assert torch.equal(plain, unmasked)
+    assert not torch.allclose(plain, masked)
+
+
+def test_stem_refuses_a_patch_size_its_strides_cannot_make() -> None:
+    with pytest.raises(ValueError, match="cannot make"):
+        ConvStem(img_size=28, patch_size=8, in_chans=1, embed_dim=16, stem_channels=(8, 16))
+
+
+def test_backbone_state_dict_loads_strictly_into_the_plain_model() -> None:
+    backbone = create_backbone(NAME, in_chans=1)
+    build_model(NAME, in_chans=1).load_state_dict(backbone.model.state_dict(), strict=True)
