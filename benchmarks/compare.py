@@ -135,7 +135,8 @@ def parse(argv: list[str]) -> tuple[Settings, dict[str, Any], dict[str, Any]]:
 
 
 def run_dir(settings: Settings, method: str, seed: int) -> Path:
-    return Path(settings.runs).absolute() / method / f"seed{seed}"
+    """As given (relative to the working directory, which the runs share): results name no machine's paths."""
+    return Path(settings.runs) / method / f"seed{seed}"
 
 
 def plan_runs(settings: Settings, train_overrides: dict[str, Any]) -> list[Plan]:

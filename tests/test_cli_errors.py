@@ -210,7 +210,7 @@ def test_resuming_a_checkpoint_of_another_method_and_backbone(cli, tmp_path: Pat
     other = tmp_path / "simclr.pt"
     torch.save({"format": FORMAT, "method": "simclr", "backbone": "resnet18", "model": {}}, other)
     line = cli(RECIPE, "method.out_dim=64", "augment.local_crops=0", f"resume={other}")
-    assert "trained with method simclr on resnet18" in line and "this run is dino on vit_micro_patch4_28" in line
+    assert "trained with method simclr on resnet18" in line and "this run is dino on vit_convstem_micro_28" in line
 
 
 def test_real_processes_print_one_line(tmp_path: Path) -> None:

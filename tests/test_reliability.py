@@ -123,7 +123,7 @@ def error_lines(output: str) -> list[str]:
 
 
 def checkpoint(out: Path, method: str = "dino") -> dict:
-    return load_checkpoint(out / "checkpoints" / "last.pt", method, "vit_micro_patch4_28")
+    return load_checkpoint(out / "checkpoints" / "last.pt", method, "vit_convstem_micro_28")
 
 
 def temp_files(out: Path) -> list[str]:

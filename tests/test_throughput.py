@@ -39,4 +39,4 @@ def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> No
     assert "git_commit" in record["provenance"] and record["provenance"]["torch_version"] == torch.__version__
     assert record["model_images_per_s"] == 4 / record["model_step_s_median"]
     table = out.with_suffix(".md").read_text()
-    assert "| dino | vit_micro_patch4_28 | 2x28+4x12 | 4 | fp32 |" in table
+    assert "| dino | vit_convstem_micro_28 | 2x28+4x12 | 4 | fp32 |" in table
