@@ -124,7 +124,7 @@ def test_dino_head_structure_and_normalised_prototypes():
 
 
 def test_mlp_head_with_final_bn_without_affine():
-    head = mlp_head([32, 64, 16], batch_norm=True, last_bn=True, last_bn_affine=False)
+    head = mlp_head([32, 64, 16], last_bn=True, last_bn_affine=False)
     layers = list(head.layers)
     assert isinstance(layers[0], nn.Linear) and layers[0].bias is None
     assert isinstance(layers[1], nn.BatchNorm1d) and isinstance(layers[2], nn.ReLU)
