@@ -76,7 +76,7 @@ class OptimConfig:
     warmup_epochs: float
     weight_decay: float
     weight_decay_end: float
-    exclude_bias_norm: bool  # no weight decay (and no LARS adaptation) on biases and norms
+    exclude_bias_norm: bool  # no weight decay on biases and norms (LARS never decays or adapts them)
     momentum: float  # sgd / lars
     betas: list[float]  # adamw
     lars_trust_coefficient: float
@@ -329,6 +329,10 @@ def check_ranges(cfg: Config) -> None:
     need(cfg.trainer.log_every > 0, "trainer.log_every must be a positive integer")
     need(cfg.optim.lr > 0, "optim.lr must be positive")
     need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be 0 or more")
+    need(
+        cfg.optim.name != "lars" or cfg.optim.exclude_bias_norm,
+        "optim.exclude_bias_norm=false has no effect with LARS, which never decays biases and norms; set it to true",
+    )
     need(cfg.augment.global_crops >= 1, "augment.global_crops must be at least 1")
     need(cfg.augment.local_crops >= 0, "augment.local_crops must be 0 or more")
     for name in ("global_scale", "local_scale"):

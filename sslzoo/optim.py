@@ -5,11 +5,44 @@ from __future__ import annotations
 import math
 
 import torch
-from lightly.utils.lars import LARS
 from torch import nn
 
 from sslzoo.config import OptimConfig
 from sslzoo.schedules import Clock, cosine, warmup_cosine
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS as moco-v3 moco/optimizer.py and dino utils.LARS compute it (BYOL's optax LARS is the same rule).
+
+    For each tensor p with gradient g, and its group's lr, weight decay wd and trust coefficient eta:
+
+        u = g + wd * p;  u = eta * ||p|| / ||u|| * u    tensors with ndim > 1 (factor 1 if a norm is 0)
+        u = g                                          biases and norms (ndim <= 1): no decay, no adaptation
+        mu = momentum * mu + u;  p = p - lr * mu
+
+    lightly's LARS divides by ||g|| + wd * ||p|| instead and adapts by the group's weight decay.
+    """
+
+    def __init__(self, params: list[dict], lr: float, momentum: float, trust_coefficient: float) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=0.0, momentum=momentum, trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self) -> None:  # type: ignore[override]  # no closure, as the official optimizers
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                update = param.grad
+                if param.ndim > 1:
+                    update = update.add(param, alpha=group["weight_decay"])
+                    param_norm, update_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(update)
+                    trust = group["trust_coefficient"] * param_norm / update_norm
+                    update = update * torch.where((param_norm > 0) & (update_norm > 0), trust, 1.0)
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param)
+                buffer = state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                param.add_(buffer, alpha=-group["lr"])
 
 
 def parameter_groups(
@@ -17,9 +50,8 @@ def parameter_groups(
 ) -> list[dict]:
     """Trainable parameters grouped by weight decay (biases/norms without) and lr multiplier.
 
-    lightly's LARS skips adaptation where weight decay is 0, so the no-decay group is
-    also excluded from LARS adaptation (BYOL §3.2, SimCLR).
-    MoCo v3 decays every parameter (``exclude_bias_norm: false``).
+    MoCo v3's AdamW decays every parameter (``exclude_bias_norm: false``); :class:`LARS`
+    never decays or adapts 1-D tensors, whatever the group says.
     ``lr_scales`` maps a parameter-name prefix (a submodule) to a multiplier of the scheduled lr.
     """
     lr_scales = lr_scales or {}
@@ -51,9 +83,7 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) 
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0, fused=fused)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-    return LARS(
-        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0, trust_coefficient=cfg.lars_trust_coefficient
-    )
+    return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.lars_trust_coefficient)
 
 
 def apply_schedules(
