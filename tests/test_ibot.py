@@ -85,7 +85,7 @@ def test_patch_loss_matches_the_formula():
     masks[4] = True
     loss = MaskedPatchLoss(dim, center_momentum=0.9)
     loss.center = torch.randn(1, dim, dtype=torch.float64)
-    got = loss(student[masks], teacher, masks, student_temp=0.1, teacher_temp=0.07)
+    got = loss(student, teacher, masks, student_temp=0.1, teacher_temp=0.07)
     want = direct_patch_loss(
         student.tolist(), teacher.tolist(), masks.tolist(), loss.center[0].tolist(), 0.1, 0.07, n_views
     )
@@ -93,10 +93,10 @@ def test_patch_loss_matches_the_formula():
 
 
 def test_patch_loss_without_masked_patches_is_zero_and_differentiable():
-    student = torch.randn(0, 8, requires_grad=True)
+    student = torch.randn(4, 5, 8, requires_grad=True)
     loss = MaskedPatchLoss(8, 0.9)(student, torch.randn(4, 5, 8), torch.zeros(4, 5, dtype=torch.bool), 0.1, 0.07)
     loss.backward()
-    assert loss.item() == 0.0
+    assert loss.item() == 0.0 and not student.grad.any()
 
 
 def test_patch_centre_is_an_ema_of_the_mean_over_all_patch_tokens():
@@ -219,8 +219,10 @@ def test_separate_patch_prototypes_and_their_freezing(tiny_config):
     head = method.student.head
     assert head.patch_layer is not None
     assert method.teacher.net.head.patch_layer is not None
-    tokens = torch.randn(3, 128)
-    assert not torch.allclose(head(tokens), head.forward_patches(tokens))
+    tokens = torch.randn(3, 5, 128)
+    cls, patches = head.forward_tokens(tokens)
+    assert torch.allclose(cls, head(tokens[:, 0]), atol=1e-6)  # no BN: per token
+    assert not torch.allclose(patches, head(tokens[:, 1:]))  # the [CLS] prototypes would give these
     method(fmnist_views(), CLOCK).loss.backward()
     method.before_optimizer_step(CLOCK)  # step 0 < freeze_last_layer_epochs: prototypes frozen
     assert all(p.grad is None for p in head.last_layer.parameters())
@@ -229,16 +231,24 @@ def test_separate_patch_prototypes_and_their_freezing(tiny_config):
 
 
 @pytest.mark.parametrize("shared_head", [True, False])
-def test_bn_in_head_treats_every_patch_token_as_one_sample(tiny_config, shared_head):
+def test_bn_in_head_normalises_over_every_token_with_one_bn_module(tiny_config, shared_head):
+    """models/head.py: one BN module after both hidden layers, run once over all tokens of the crops."""
     torch.manual_seed(7)
     method = make_ibot(tiny_config, **{"method.use_bn_in_head": True, "method.shared_head": shared_head})
     head = method.student.head.train()
-    tokens = torch.randn(3, 5, 128)  # (images, patches, width): the teacher's patch tokens
-    flat = head.forward_patches(tokens.reshape(15, 128))
-    assert torch.allclose(head.forward_patches(tokens), flat.reshape(3, 5, -1), atol=1e-6)
+    norms = [layer for layer in head.layers if isinstance(layer, torch.nn.BatchNorm1d)]
+    assert len(norms) == 2 and norms[0] is norms[1]
+    assert method.teacher.net.head.layers[1] is method.teacher.net.head.layers[4]
+    tokens = torch.randn(3, 5, 128)  # (crops, 1 + patches, width)
+    cls, patches = head.forward_tokens(tokens)
+    flat = torch.nn.functional.normalize(head.layers(tokens.reshape(15, 128)), dim=-1).reshape(3, 5, -1)
+    patch_layer = head.last_layer if shared_head else head.patch_layer
+    assert torch.allclose(cls, head.last_layer(flat[:, 0]), atol=1e-6)
+    assert torch.allclose(patches, patch_layer(flat[:, 1:]), atol=1e-6)
+    assert not torch.allclose(cls, head(tokens[:, 0]), atol=1e-3)  # BN over the [CLS] tokens alone differs
     use_masks(method, fixed_masks(4))
     method(fmnist_views(), CLOCK).loss.backward()
-    assert method.student.head.layers[1].weight.grad is not None
+    assert norms[0].weight.grad is not None
 
 
 def test_teacher_temperatures_warm_up_separately(tiny_config):

@@ -26,18 +26,18 @@ class MaskedPatchLoss(DINOLoss):
     """Patch-level self-distillation at the masked positions of the same crop, with its own centre."""
 
     def forward(
-        self, student_masked: Tensor, teacher_patches: Tensor, masks: Tensor, student_temp: float, teacher_temp: float
+        self, student_patches: Tensor, teacher_patches: Tensor, masks: Tensor, student_temp: float, teacher_temp: float
     ) -> Tensor:
         """L_MIM over a batch of global crops (all views concatenated, equal batch per view).
 
-        ``teacher_patches`` (B, N, K): teacher outputs of every patch; ``masks`` (B, N), True
-        where the student saw the mask token; ``student_masked`` (M, K): student outputs
-        at the masked patches in ``masks``' row-major order, i.e. ``student_patches[masks]``.
-        With one batch size per view, the mean over all crops is the mean over views of
-        the per-view means.
+        ``student_patches`` and ``teacher_patches`` (B, N, K): outputs of every patch token;
+        ``masks`` (B, N), True where the student saw the mask token: only those patches enter
+        the loss (main_ibot.py iBOTLoss). With one batch size per view, the mean over all crops
+        is the mean over views of the per-view means.
         """
         targets = self.teacher_probs(teacher_patches[masks], teacher_temp)
-        cross_entropy = torch.sum(-targets * F.log_softmax(student_masked.float() / student_temp, dim=-1), dim=-1)
+        log_probs = F.log_softmax(student_patches[masks].float() / student_temp, dim=-1)
+        cross_entropy = torch.sum(-targets * log_probs, dim=-1)
         crop_of_patch = masks.nonzero()[:, 0]
         per_crop = cross_entropy.new_zeros(len(masks)).index_add(0, crop_of_patch, cross_entropy)
         return (per_crop / masks.sum(dim=1).clamp_min(1)).mean()

@@ -10,12 +10,16 @@ for x in loader:
     m = blockwise_mask(u)                  # per crop, BEiT-style blocks; locals and [CLS] never masked
     u_hat = m ? e_[MASK] : patch_embed(u)  # before the position embeddings
     t_cls, t_patch = gt(u)                 # the teacher sees the unmasked crops
-    s_cls, s_patch = gs(u_hat); s_cls += gs(l)
+    s_cls, s_patch = gs(u_hat); s_cls += gs(l)[cls]
     L_[CLS] = H(t_cls, s_cls) over pairs of different views              (DINO's loss, C, tau_t)
     L_MIM   = H(t_patch, s_patch) at the masked patches of the same crop  (C', tau_t')
     loss = lambda1 * L_[CLS] + lambda2 * L_MIM; loss.backward(); update(gs)
     gt = m * gt + (1 - m) * gs             # m: cosine 0.996 -> 1
     C  = c * C  + (1 - c)  * mean(t_cls);  C' = c' * C' + (1 - c') * mean(t_patch)
+
+Each g(.) is one backbone call and one head pass over every token it returns ([CLS] and
+patches together), as main_ibot.py's three calls, so BN in the head (``use_bn_in_head``)
+normalises with the statistics of all those tokens.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ from sslzoo.schedules import Clock, linear_warmup
 
 
 class IBOTHead(DINOProjectionHead):
-    """DINO's head over every token (main_ibot.py iBOTHead): [CLS] and patch tokens share the MLP.
+    """DINO's head over every token of a crop (models/head.py iBOTHead): [CLS] and patch tokens share the MLP.
 
     With ``shared_head`` (iBOT §3.2, the ViT-S/16 run) they share the prototype layer too;
     otherwise the patches get their own, also with K outputs (main_ibot.py gives the patch
     outputs the [CLS] dimension under its default ``--shared_head_teacher``; unlike it, the
     teacher here mirrors the student, so its patch layer is the EMA of the student's).
+    With ``batch_norm`` (main_ibot.py ``--norm_in_head bn``) one BatchNorm module follows both
+    hidden layers, as models/head.py appends the same ``norm`` after each.
     """
 
     def __init__(
@@ -65,6 +71,9 @@ class IBOTHead(DINOProjectionHead):
             batch_norm=batch_norm,
             norm_last_layer=norm_last_layer,
         )
+        norms = [i for i, layer in enumerate(self.layers) if isinstance(layer, nn.BatchNorm1d)]
+        for i in norms[1:]:  # one BN module (weights and statistics) at every hidden layer
+            self.layers[i] = self.layers[norms[0]]
         self.patch_layer: nn.Module | None = None
         if not shared_head:  # weight-normalised like the [CLS] prototypes (DINOHead)
             self.patch_layer = nn.utils.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
@@ -72,17 +81,16 @@ class IBOTHead(DINOProjectionHead):
                 self.patch_layer.weight_g.fill_(1)
             self.patch_layer.weight_g.requires_grad = not norm_last_layer
 
-    def forward_patches(self, tokens: Tensor) -> Tensor:
-        """Outputs of patch tokens, any leading shape (the [CLS] outputs are ``forward``).
+    def forward_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """[CLS] outputs (B, K) and patch outputs (B, N, K) of all tokens (B, 1 + N, D) of a batch of crops.
 
-        The tokens are flattened to one batch, which BN in the head (``use_bn_in_head``) needs.
+        One pass over every token, so BN in the head takes its statistics from all of them, as
+        models/head.py's CustomSequential does on the tokens of one backbone call.
         """
-        flat = tokens.reshape(-1, tokens.shape[-1])
-        if self.patch_layer is None:
-            out = self(flat)
-        else:
-            out = self.patch_layer(nn.functional.normalize(self.layers(flat), dim=-1))
-        return out.reshape(*tokens.shape[:-1], -1)
+        hidden = self.layers(tokens.flatten(0, 1)).unflatten(0, tokens.shape[:2])
+        bottleneck = nn.functional.normalize(hidden, dim=-1)
+        patch_layer = self.last_layer if self.patch_layer is None else self.patch_layer
+        return self.last_layer(bottleneck[:, 0]), patch_layer(bottleneck[:, 1:])
 
 
 @METHODS.register("ibot")
@@ -164,18 +172,17 @@ class IBOT(DINO):
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         hp, n_global = self.hp, self.num_global
         tau_s, tau_t, tau_tp = hp.student_temp, self.teacher_temp(clock), self.teacher_patch_temp(clock)
+        student, teacher = self.student, self.teacher.net
         u = torch.cat(views[:n_global])  # the global crops as one batch
         m = self.block_masks(u)
-        teacher = self.teacher.net
         with torch.no_grad():  # the teacher sees the unmasked crops
-            t_tokens = teacher.backbone.forward_tokens(u)
-            t_cls, t_patch = teacher.head(t_tokens[:, 0]), teacher.head.forward_patches(t_tokens[:, 1:])
-        s_tokens = self.student.backbone.forward_tokens(u, m, self.mask_token)  # u_hat
-        s_cls = self.student.head(s_tokens[:, 0])
-        if len(views) > n_global:  # local crops: [CLS] only, never masked
-            s_cls = torch.cat([s_cls, self.student(views[n_global:])[0]])
+            t_cls, t_patch = teacher.head.forward_tokens(teacher.backbone.forward_tokens(u))
+        s_tokens = student.backbone.forward_tokens(u, m, self.mask_token)  # u_hat
+        s_cls, s_patch = student.head.forward_tokens(s_tokens)
+        if len(views) > n_global:  # local crops: never masked; a head pass of their own, [CLS] outputs kept
+            l_tokens = student.backbone.forward_tokens(torch.cat(views[n_global:]))
+            s_cls = torch.cat([s_cls, student.head.forward_tokens(l_tokens)[0]])
         m = m.flatten(1)
-        s_patch = self.student.head.forward_patches(s_tokens[:, 1:][m])  # only masked patches enter L_MIM
 
         loss_cls = self.loss(s_cls.chunk(len(views)), t_cls.chunk(n_global), tau_s, tau_t)
         loss_patch = self.patch_loss(s_patch, t_patch, m, tau_s, tau_tp)
