@@ -1,4 +1,4 @@
-"""Per-iteration schedules (DINO's cosine_scheduler, BYOL's tau schedule).
+"""Per-iteration schedules (the lr ramp and cosines of MoCo v3, BYOL and SimCLR; BYOL's tau schedule).
 
 Lengths are in optimizer steps; :class:`Clock` turns the recipes' epochs into
 steps so that a run shortened by ``trainer.max_steps`` keeps the same shape.
@@ -19,14 +19,19 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
 
 
 def warmup_cosine(step: int, total: int, warmup: int, peak: float, end: float, warmup_start: float = 0.0) -> float:
-    """Linear warm-up from ``warmup_start`` to ``peak`` over ``warmup`` steps, then cosine to ``end``."""
+    """Linear warm-up from ``warmup_start`` to ``peak`` over ``warmup`` steps, then cosine to ``end``.
+
+    The peak comes at step ``warmup``, as in moco-v3's adjust_learning_rate (and BYOL's and SimCLR's
+    schedules); dino's cosine_scheduler (np.linspace) reaches it at ``warmup - 1``.
+    """
     if step < warmup:
         return warmup_start + (peak - warmup_start) * step / warmup
     return cosine(step - warmup, total - warmup, peak, end)
 
 
 def linear_warmup(step: int, warmup: int, start: float, end: float) -> float:
-    """Linear from ``start`` to ``end`` over ``warmup`` steps, then constant (DINO's teacher temperature)."""
+    """Linear from ``start`` to ``end`` over ``warmup`` steps, then constant (DINO's teacher temperature,
+    which main_dino.py steps once per epoch and completes an epoch earlier)."""
     if step >= warmup:
         return end
     return start + (end - start) * step / warmup

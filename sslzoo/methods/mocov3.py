@@ -12,8 +12,10 @@ for x in loader:
 
 ViT specifics (§4): a fixed 2-D sin-cos position embedding and a frozen random
 patch projection (``freeze_patch_embed``, the paper's stability fix). moco-v3
-applies each momentum update at the start of the next forward; here it follows
-the optimizer step, the same sequence of updates.
+applies each momentum update at the start of the next forward, with that step's
+momentum m_(k+1); here it follows optimizer step k, with m_k: the same updates of
+the same weights, each with the momentum of the step before (at most 1.7e-7 apart
+in the ImageNet recipes; README, deviations).
 """
 
 from __future__ import annotations
