@@ -503,7 +503,8 @@ def curve_markdown(results: dict) -> list[str]:
         f"{curve['test_images']} test images, at each 1/{curve['points']} of the budget ({CURVE_FIGURE}); each cell is "
         "the training minutes so far · the kNN. Training minutes count data loading and steps, not start-up or "
         "saving (less than the pre-train wall time above). Step 0 is the random-init backbone of the run's seed; "
-        "the last column is the final backbone of the table above, on the subset.",
+        "the last column is the final backbone of the table above, on the subset (whose smaller kNN memory scores "
+        "lower than the full split).",
         "",
         "| method | " + " | ".join(header) + " |",
         "|---|" + "---|" * len(header),
