@@ -600,7 +600,7 @@ def plot_knn_vs_minutes(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     curve, seeds = results["curve"], results["settings"]["seeds"]
-    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    fig, ax = plt.subplots(figsize=(9.0, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     per_seed = f" (one line per seed: {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
     methods = [r["name"] for r in results["rows"] if r["kind"] == "method"]
@@ -623,7 +623,7 @@ def plot_knn_vs_minutes(results: dict, path: Path) -> None:
         f"{results['settings']['batch_size']}, a point at each 1/{curve['points']} of the budget",
         fontsize=10,
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no curve
     fig.tight_layout()
     fig.savefig(path, dpi=PLOT_DPI, metadata=png_metadata(results))
     plt.close(fig)
