@@ -139,7 +139,7 @@ def test_few_steps_on_fashion_mnist_write_a_complete_run(tiny_config):
     assert math.isfinite(record["loss"])
     assert (out / "config.yaml").exists() and (out / "checkpoints" / "last.pt").exists()
     state = torch.load(out / "backbone.pt", weights_only=True)
-    model = build_model("vit_micro_patch4_28", in_chans=1)
+    model = build_model(cfg.model.backbone, in_chans=1)
     model.load_state_dict(state, strict=True)
     # backbone.pt is the teacher's backbone, as the paper evaluates
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
