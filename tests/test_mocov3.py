@@ -139,8 +139,12 @@ def vits_sincos(grid: int, dim: int) -> torch.Tensor:
     return torch.tensor([[0.0] * dim, *rows])
 
 
+# The ViT options on a patchify ViT (mocov3_fmnist's conv stem trains: its recipe sets freeze_patch_embed false).
+PATCH_VIT = {"model.backbone": "vit_micro_patch4_28", "method.freeze_patch_embed": True}
+
+
 def test_fixed_sincos_embedding_and_frozen_patch_projection(tiny_config):
-    cfg = tiny_config("mocov3_fmnist")
+    cfg = tiny_config("mocov3_fmnist", **PATCH_VIT)
     torch.manual_seed(0)
     method = method_class("mocov3")(cfg)
     vit = method.online.backbone.model
@@ -153,7 +157,9 @@ def test_fixed_sincos_embedding_and_frozen_patch_projection(tiny_config):
 
 
 def test_frozen_parts_stay_fixed_while_the_rest_trains(tiny_config):
-    trainer = Trainer(tiny_config("mocov3_fmnist", **{"method.proj_hidden_dim": 64, "method.pred_hidden_dim": 64}))
+    trainer = Trainer(
+        tiny_config("mocov3_fmnist", **PATCH_VIT, **{"method.proj_hidden_dim": 64, "method.pred_hidden_dim": 64})
+    )
     vit = trainer.method.online.backbone.model
     start = {k: v.clone() for k, v in vit.state_dict().items()}
     trainer.fit()
