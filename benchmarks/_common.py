@@ -103,8 +103,10 @@ def pretrain(recipe: str, overrides: dict[str, Any], run_dir: Path, log_name: st
     cuda = [m["cuda_max_memory_allocated"] for m in metrics if "cuda_max_memory_allocated" in m]
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     error = None if returncode == 0 else (lines[-1] if lines else f"exit status {returncode}")
+    # Recorded as typed in the repository (results name no machine's paths): python train.py ...
+    shown = ["python", TRAIN_SCRIPT.name, *command[2:]]
     result = Pretrain(
-        recipe, command, returncode, wall, peak_rss, max(cuda) if cuda else None, throughput(metrics), error
+        recipe, shown, returncode, wall, peak_rss, max(cuda) if cuda else None, throughput(metrics), error
     )
     (run_dir / PRETRAIN_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
