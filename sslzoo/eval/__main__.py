@@ -1,24 +1,33 @@
-"""``python -m sslzoo.eval {knn,linear,all} run=RUN_DIR | ckpt=PATH [key=value ...]``."""
+"""``python -m sslzoo.eval {knn,linear,all,lowshot} run=RUN_DIR | ckpt=PATH [key=value ...]``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from sslzoo.config import parse_overrides
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.eval.protocol import load_protocol, protocol_keys
 
-USAGE = """usage: python -m sslzoo.eval {{knn,linear,all}} run=RUN_DIR | ckpt=PATH [out=DIR] [key=value ...]
+USAGE = """usage: python -m sslzoo.eval {{knn,linear,all,lowshot}} run=RUN_DIR | ckpt=PATH [out=DIR] [key=value ...]
 
 Offline evaluation of a frozen backbone (not the online probe of pre-training):
-  knn     weighted kNN (DINO eval_knn.py)             -> eval_knn.json with knn_top1 per k
-  linear  linear probe (DINO eval_linear.py)           -> eval_linear.json with linear_top1
-  all     both, from one feature extraction
-run=RUN_DIR evaluates the run's backbone.pt (or checkpoints/last.pt if newer); ckpt=PATH a
-checkpoint. Results go to the run folder, or out=DIR. Protocol keys (sslzoo/eval/protocol.yaml):
+  knn      weighted kNN (DINO eval_knn.py)             -> eval_knn.json with knn_top1 per k
+  linear   linear probe (DINO eval_linear.py)           -> eval_linear.json with linear_top1
+  all      both, from one feature extraction
+  lowshot  kNN and linear probe on class-balanced label subsets, several draws (mean +- std)
+           [fractions=0.01,0.1] [shots=1,2,5] [draws=3]  -> eval_lowshot.json
+run=RUN_DIR evaluates the run's backbone.pt (or checkpoints/last.pt if newer); ckpt=PATH an sslzoo
+checkpoint, a file the official repositories release (DINO, iBOT, MoCo v3, torchvision ResNet) or
+timm:ARCH.TAG, with backbone=NAME (unless the file names it), part=teacher|student|base_encoder|
+momentum_encoder, and data.name=/data.root= (default: data.name=imagefolder). Results go to the run
+folder (the checkpoint's folder), or out=DIR. Protocol keys (sslzoo/eval/protocol.yaml):
 {keys}"""
 
-COMMANDS = ("knn", "linear", "all")
+COMMANDS = ("knn", "linear", "all", "lowshot")
+WEIGHTS_KEYS = ("backbone", "part")  # ckpt= options besides data.*
+LOWSHOT_KEYS = ("fractions", "shots", "draws")  # short forms of lowshot.fractions, ...
 
 
 def percent(x: float) -> str:
@@ -40,6 +49,13 @@ def print_linear(record: dict) -> None:
     )
 
 
+def comma_list(value: object) -> object:
+    """``0.01,0.1`` (a string to YAML) -> ``[0.01, 0.1]``; a single number -> a one-item list."""
+    if isinstance(value, str):
+        return [yaml.safe_load(item) for item in value.split(",") if item.strip()]
+    return value if isinstance(value, list) else [value]
+
+
 @cli_entry
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -51,20 +67,44 @@ def main(argv: list[str]) -> int:
     run, ckpt, out = overrides.pop("run", None), overrides.pop("ckpt", None), overrides.pop("out", None)
     if (run is None) == (ckpt is None):
         raise UserError(f"name what to evaluate: python -m sslzoo.eval {command} run=RUN_DIR (or ckpt=PATH)")
+    weights = {key: overrides.pop(key) for key in WEIGHTS_KEYS if key in overrides}
+    data = {key: overrides.pop(key) for key in list(overrides) if key.startswith("data.")}
+    for key in LOWSHOT_KEYS:
+        if key in overrides:
+            if command != "lowshot":
+                raise UserError(f"{key}= is an option of lowshot, not of {command}")
+            overrides[f"lowshot.{key}"] = comma_list(overrides.pop(key)) if key != "draws" else overrides.pop(key)
     protocol = load_protocol(overrides)
 
-    from sslzoo.eval.evaluate import KNN_FILE, LINEAR_FILE, Evaluator, from_checkpoint, from_run, write_record
+    from sslzoo.eval import evaluate as ev
+    from sslzoo.eval.evaluate import KNN_FILE, LINEAR_FILE, Evaluator, write_record
 
     if run is not None:
+        if weights or data:
+            raise UserError(f"{next(iter({**weights, **data}))}= applies to ckpt= weights; a run names its own")
         if not Path(str(run)).is_dir():
             raise UserError(f"run={run} is not a folder; pass a training run's trainer.out_dir")
-        subject = from_run(Path(str(run)))
+        subject = ev.from_run(Path(str(run)))
     else:
-        subject = from_checkpoint(Path(str(ckpt)))
+        subject = ev.from_weights(
+            str(ckpt),
+            None if weights.get("backbone") is None else str(weights["backbone"]),
+            None if weights.get("part") is None else str(weights["part"]),
+            ev.official_data(data) if data else None,
+            Path(str(out)) if out is not None else None,
+        )
     out_dir = Path(str(out)) if out is not None else subject.out_dir
     print(f"evaluating {subject.weights['source']} (step {subject.weights['step']}) on {subject.data.name}")
     evaluator = Evaluator(protocol)
     features = evaluator.features(subject)
+    if command == "lowshot":
+        from sslzoo.eval.lowshot import LOWSHOT_FILE, lowshot, print_lowshot
+
+        record = lowshot(evaluator, subject, features)
+        print_lowshot(record)
+        write_record(out_dir / LOWSHOT_FILE, record, subject, protocol)
+        print(f"wrote {out_dir / LOWSHOT_FILE}")
+        return 0
     if command in ("knn", "all"):
         record = evaluator.knn(subject, features)
         print_knn(record)

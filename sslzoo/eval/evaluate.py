@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sslzoo.backbones import build_model
 from sslzoo.checkpoint import Snapshots, load_checkpoint
-from sslzoo.config import DataConfig, build, validate
+from sslzoo.config import DEFAULTS_FILE, DataConfig, build, dotted_keys, read_yaml, set_dotted, validate
 from sslzoo.data import data_info
 from sslzoo.errors import UserError
 from sslzoo.eval.features import RawPixels, describe, eval_split, extract, feature_encoder, train_transform
@@ -29,6 +29,7 @@ from sslzoo.eval.knn import knn_top1
 from sslzoo.eval.linear import linear_probe, linear_probe_augmented
 from sslzoo.eval.protocol import Protocol, to_dict
 from sslzoo.provenance import provenance
+from sslzoo.weights import TIMM_PREFIX, is_sslzoo_checkpoint, load_weights, read
 
 KNN_FILE, LINEAR_FILE = "eval_knn.json", "eval_linear.json"
 UNITS = "fraction of the test images classified correctly, in [0, 1]"
@@ -91,6 +92,46 @@ def from_checkpoint(path: Path, out_dir: Path | None = None) -> Subject:
         config=tree,
         out_dir=out_dir,
     )
+
+
+OFFICIAL_DATA = "imagefolder"  # released weights are ImageNet models: an ImageNet-layout folder by default
+OFFICIAL_OUT = Path("runs") / "official"  # where a timm tag's results go without out=
+
+
+def official_data(overrides: dict[str, Any]) -> DataConfig:
+    """The data to evaluate released weights on: ``defaults.yaml``'s data section, ``data.name=imagefolder``,
+    with the command line's ``data.*`` overrides (``data.root=/data/imagenet``)."""
+    tree = {"data": {**read_yaml(DEFAULTS_FILE)["data"], "name": OFFICIAL_DATA}}
+    valid = dotted_keys(tree)
+    for key, value in overrides.items():
+        set_dotted(tree, key, value, valid)
+    return build(DataConfig, tree["data"], "data")
+
+
+def from_weights(
+    ckpt: str,
+    backbone: str | None = None,
+    part: str | None = None,
+    data: DataConfig | None = None,
+    out_dir: Path | None = None,
+) -> Subject:
+    """``ckpt=``: an sslzoo training checkpoint, a file the official repositories release (DINO, iBOT,
+    MoCo v3, torchvision-format ResNets; ``sslzoo.weights``), or ``timm:ARCH.TAG``."""
+    contents = None
+    if not ckpt.startswith(TIMM_PREFIX):
+        contents = read(Path(ckpt))
+        if is_sslzoo_checkpoint(contents):
+            given = [key for key, value in (("backbone", backbone), ("part", part), ("data.*", data)) if value]
+            if given:
+                raise UserError(f"{ckpt} is an sslzoo checkpoint, which names its backbone and data: drop {given[0]}=")
+            return from_checkpoint(Path(ckpt), out_dir)
+    data = data or official_data({})
+    model, name, info = load_weights(ckpt, backbone, part, data_info(data).channels, contents)
+    if out_dir is None:
+        out_dir = OFFICIAL_OUT / ckpt.removeprefix(TIMM_PREFIX) if contents is None else Path(ckpt).parent
+    step = f"epoch {info['epoch']}" if info["epoch"] is not None else "released"
+    label = ckpt.removeprefix(TIMM_PREFIX) if contents is None else Path(ckpt).stem
+    return Subject(label, model, name, data, {"source": ckpt, "step": step, **info}, None, out_dir)
 
 
 def from_run(run_dir: Path) -> Subject:
