@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 
+from sslzoo.augment import CroppedViews
 from sslzoo.config import RECIPES_DIR, Config, load_config, parse_overrides
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.methods import METHODS
@@ -137,10 +138,16 @@ def hardware(device: torch.device) -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def take_batches(loader: torch.utils.data.DataLoader, count: int, pin: bool) -> list[list[torch.Tensor]]:
+def pinned(views: list[torch.Tensor] | CroppedViews) -> list[torch.Tensor] | CroppedViews:
+    if isinstance(views, CroppedViews):
+        return CroppedViews(*(pinned(part) for part in views))
+    return [v.pin_memory() for v in views]
+
+
+def take_batches(loader: torch.utils.data.DataLoader, count: int, pin: bool) -> list[list[torch.Tensor] | CroppedViews]:
     batches = []
     for views, _labels in loader:
-        batches.append([v.pin_memory() if pin else v for v in views])
+        batches.append(pinned(views) if pin else views)
         if len(batches) == count:
             return batches
     raise UserError("the dataset has too few batches for the benchmark: lower batch= or steps=")
@@ -206,7 +213,7 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
         lightly_before = reset_peak(device)  # sslzoo's model stays resident: counted out on GPUs
 
         def lightly_step(views: list[torch.Tensor]) -> None:
-            reference.step(views, epoch=0)
+            reference.step(trainer.device_views(views, device), epoch=0)
 
         say("lightly reference: building, warm-up")
         reference = LightlyDINOStep(cfg, device, trainer.dtype)

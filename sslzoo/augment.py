@@ -4,18 +4,25 @@ One pipeline serves every method: two global views with their own blur and
 solarize probabilities (BYOL Table 6's asymmetric views; DINO's global 1/2)
 and optional local views. Works on one-channel images (Fashion-MNIST), where
 saturation, hue and grayscale have no meaning and are left out.
+
+It runs in one of two places (``augment.photometric``):
+
+- ``per_image``: the whole pipeline in the loader workers, torchvision image by image (:class:`MultiCrop`);
+- ``batched``: the workers crop and flip and draw the other parameters (:class:`CropsAndParams`); the
+  training step applies them to the batch on its device (:class:`DeviceViews`, :mod:`sslzoo.photometric`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
 from sslzoo.config import AugmentConfig
+from sslzoo.photometric import apply_params, blur_kernel_size, draw_params
 
 
 @dataclass(frozen=True)
@@ -40,26 +47,32 @@ def crop_specs(aug: AugmentConfig) -> list[CropSpec]:
     return specs
 
 
-def blur_kernel_size(max_sigma: float) -> int:
-    """An odd kernel covering +-3 sigma, close to PIL's exact Gaussian blur used by DINO/BYOL."""
-    return 2 * math.ceil(3 * max_sigma) + 1
+def geometric_steps(spec: CropSpec, aug: AugmentConfig) -> list:
+    return [
+        v2.RandomResizedCrop(spec.size, scale=spec.scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(aug.flip_p),
+    ]
+
+
+def colour_jitter(aug: AugmentConfig, channels: int) -> tuple[float, float, float, float]:
+    """Brightness, contrast, saturation, hue; the last two only for colour images."""
+    brightness, contrast, saturation, hue = aug.jitter
+    colour = channels == 3
+    return brightness, contrast, saturation if colour else 0.0, hue if colour else 0.0
 
 
 def view_transform(
     spec: CropSpec, aug: AugmentConfig, channels: int, mean: list[float], std: list[float]
 ) -> v2.Compose:
     """The random pipeline of one view (of a ``tv_tensors.Image``): crop, flip, colour, blur, solarize, normalise."""
-    brightness, contrast, saturation, hue = aug.jitter
-    colour = channels == 3
     steps = [
-        v2.RandomResizedCrop(spec.size, scale=spec.scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(aug.flip_p),
+        *geometric_steps(spec, aug),
         v2.RandomApply(
-            [v2.ColorJitter(brightness, contrast, saturation if colour else 0.0, hue if colour else 0.0)],
+            [v2.ColorJitter(*colour_jitter(aug, channels))],
             p=aug.jitter_p,
         ),
     ]
-    if colour:
+    if channels == 3:
         steps.append(v2.RandomGrayscale(aug.grayscale_p))
     steps += [
         v2.RandomApply(
@@ -83,6 +96,60 @@ class MultiCrop:
     def __call__(self, image: Tensor) -> list[Tensor]:
         image = self.to_image(image)  # once per image, not per view
         return [transform(image) for transform in self.transforms]
+
+
+class CroppedViews(NamedTuple):
+    """uint8 crops and each crop's photometric parameters (one entry per view; batched by the loader)."""
+
+    images: list[Tensor]
+    params: list[Tensor]
+
+
+class CropsAndParams:
+    """Image -> :class:`CroppedViews`: crop and flip on uint8, and the draw of every other parameter."""
+
+    def __init__(self, aug: AugmentConfig, channels: int) -> None:
+        self.specs = crop_specs(aug)
+        self.transforms = [v2.Compose(geometric_steps(s, aug)) for s in self.specs]
+        self.jitter = colour_jitter(aug, channels)
+        self.aug, self.grayscale_p = aug, aug.grayscale_p if channels == 3 else 0.0
+        self.to_image = v2.ToImage()
+
+    def __call__(self, image: Tensor) -> CroppedViews:
+        image = self.to_image(image)
+        crops, params = [], []
+        for spec, transform in zip(self.specs, self.transforms):
+            crops.append(transform(image).as_subclass(Tensor))
+            params.append(
+                draw_params(
+                    self.jitter,
+                    self.aug.jitter_p,
+                    self.grayscale_p,
+                    tuple(self.aug.blur_sigma),
+                    spec.blur_p,
+                    spec.solarize_p,
+                )
+            )
+        return CroppedViews(crops, params)
+
+
+class DeviceViews:
+    """The training step's view of a loader batch: the views on ``device``, with the photometric
+    stage applied there to each batch of crops when the workers left it out."""
+
+    def __init__(self, aug: AugmentConfig, mean: list[float], std: list[float]) -> None:
+        self.kernel_size = blur_kernel_size(aug.blur_sigma[1])
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, views: list[Tensor] | CroppedViews, device: torch.device, **to_kwargs) -> list[Tensor]:
+        if not isinstance(views, CroppedViews):
+            return [v.to(device, non_blocking=True, **to_kwargs) for v in views]
+        return [
+            apply_params(
+                images.to(device, non_blocking=True), params, self.kernel_size, self.mean, self.std
+            ).contiguous(**to_kwargs)
+            for images, params in zip(views.images, views.params)
+        ]
 
 
 def eval_transform(size: int, resize: int, mean: list[float], std: list[float]) -> v2.Compose:

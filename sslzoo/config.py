@@ -65,6 +65,7 @@ class AugmentConfig:
     solarize_p: list[float]  # per global crop
     local_blur_p: float
     local_solarize_p: float
+    photometric: Literal["batched", "per_image"]  # where jitter, blur, solarize run: the step's device or the loader
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sslzoo.augment import MultiCrop
+from sslzoo.augment import CroppedViews, CropsAndParams, DeviceViews, MultiCrop
 from sslzoo.backbones import Backbone
 from sslzoo.checkpoint import FORMAT, Snapshots, atomic_save, load_checkpoint
 from sslzoo.config import Config, to_yaml
@@ -252,8 +252,13 @@ class Trainer:
         self.sampler = ResumableSampler(len(base), cfg.data.batch_size, cfg.seed, self.ddp.rank, self.ddp.world_size)
         if self.sampler.batches_per_epoch == 0:
             raise UserError(f"the dataset has {len(base)} images, fewer than one batch: lower data.batch_size")
+        if cfg.augment.photometric == "batched":
+            views = CropsAndParams(cfg.augment, info.channels)
+        else:
+            views = MultiCrop(cfg.augment, info.channels, list(info.mean), list(info.std))
+        self.device_views = DeviceViews(cfg.augment, list(info.mean), list(info.std))
         self.loader = DataLoader(
-            SeededViews(base, MultiCrop(cfg.augment, info.channels, list(info.mean), list(info.std))),
+            SeededViews(base, views),
             batch_size=cfg.data.batch_size,
             sampler=self.sampler,
             num_workers=cfg.data.num_workers,
@@ -354,11 +359,11 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def step(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
-        """One optimizer step on a batch of views; returns what gets logged."""
+    def step(self, views: list[torch.Tensor] | CroppedViews, labels: torch.Tensor | None = None) -> dict:
+        """One optimizer step on a loader batch of views; returns what gets logged."""
         clock = self.clock
         lr, wd = apply_schedules(self.optimizer, self.cfg.optim, clock, self.peak_lr)
-        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format) for v in views]
+        views = self.device_views(views, self.device, memory_format=self.memory_format)
         buffers = self.snapshot_buffers()
         with self.autocast():
             out = self.model(views, clock)
@@ -454,7 +459,7 @@ class Trainer:
                     record = self.step(views, labels)
                     self.clock = self.clock.at(self.clock.step + 1)
                     self.train_s += time.perf_counter() - mark
-                    images += len(views[0]) * self.ddp.world_size
+                    images += len(labels) * self.ddp.world_size
                     bar.update(1)
                     if self.clock.step % cfg.trainer.log_every == 0 or self.clock.step == self.clock.total_steps:
                         now = time.perf_counter()
