@@ -51,8 +51,9 @@ from typing import Any
 
 import torch
 
-from sslzoo.augment import CroppedViews
+from sslzoo.augment import CroppedViews, CropsAndParams, MultiCrop
 from sslzoo.config import RECIPES_DIR, Config, load_config, parse_overrides
+from sslzoo.data import SeededViews, data_info, load_dataset, sample_seed
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.methods import METHODS
 from sslzoo.provenance import provenance
@@ -69,6 +70,7 @@ SHORTHANDS = {
 }
 BENCH_KEYS = {"method", "recipe", "suite", "steps", "warmup", "loader", "lightly", "out", "append"}
 MIB = 2**20
+LOADER_PROBE_IMAGES = 200  # images timed per photometric path (one thread)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -239,6 +241,7 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
         "batch_per_device": batch,
         "precision": cfg.trainer.precision,
         "compile": cfg.trainer.compile,
+        "photometric": cfg.augment.photometric,
         "data": cfg.data.name,
         "num_workers": cfg.data.num_workers,
         "device": device.type,
@@ -260,12 +263,39 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
         }
         record["sslzoo_over_lightly"] = reference_step / model_step
     if with_loader:
+        say("loader CPU time per image, each photometric path")
+        record["loader_cpu_ms_per_image"] = loader_cpu_ms(cfg, LOADER_PROBE_IMAGES)
         say("loader alone, then loader + step")
         record["loader_images_per_s"] = measure_loader(trainer, warmup, steps, None)
         record["end_to_end_images_per_s"] = measure_loader(trainer, warmup, steps, sslzoo_step)
         record["bottleneck"] = "loader" if record["loader_images_per_s"] < record["model_images_per_s"] else "model"
     record["provenance"] = provenance()  # git commit, package versions, hardware, time
     return record
+
+
+def loader_cpu_ms(cfg: Config, count: int) -> dict[str, float]:
+    """CPU milliseconds of a loader worker's work per source image (read, crops, and the photometric stage
+    on the ``per_image`` path), on one thread in this process, for both values of ``augment.photometric``;
+    collation and the copy between processes are not included. 1000 / ms is images/s per worker."""
+    info = data_info(cfg.data)
+    base = load_dataset(cfg.data, "pretrain")
+    paths = {
+        "per_image": MultiCrop(cfg.augment, info.channels, list(info.mean), list(info.std)),
+        "batched": CropsAndParams(cfg.augment, info.channels),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        costs = {}
+        for name, transform in paths.items():
+            views = SeededViews(base, transform)
+            start = time.process_time()
+            for index in range(count):
+                views[index, sample_seed(cfg.seed, 0, index)]
+            costs[name] = 1e3 * (time.process_time() - start) / count
+        return costs
+    finally:
+        torch.set_num_threads(threads)
 
 
 def crops(cfg: Config) -> str:
@@ -286,10 +316,13 @@ COLUMNS = [
     ("compile", "compile", "{}"),
     ("model img/s", "model_images_per_s", "rate"),
     ("peak MiB", "peak_memory_mib", "{:.0f}"),
+    ("photometric", "photometric", "{}"),
+    ("loader CPU ms/img, per_image", "loader_cpu_ms_per_image.per_image", "{:.2f}"),
+    ("loader CPU ms/img, batched", "loader_cpu_ms_per_image.batched", "{:.2f}"),
     ("loader img/s", "loader_images_per_s", "rate"),
     ("end-to-end img/s", "end_to_end_images_per_s", "rate"),
     ("bottleneck", "bottleneck", "{}"),
-    ("lightly img/s", "lightly_images_per_s", "rate"),
+    ("lightly img/s", "lightly.images_per_s", "rate"),
     ("sslzoo / lightly", "sslzoo_over_lightly", "{:.2f}"),
     ("hardware", "hardware", "{}"),
     ("error", "error", "{}"),
@@ -297,7 +330,9 @@ COLUMNS = [
 
 
 def cell(record: dict[str, Any], key: str, fmt: str) -> str:
-    value = record.get("lightly", {}).get("images_per_s") if key == "lightly_images_per_s" else record.get(key)
+    value: Any = record
+    for part in key.split("."):  # dotted keys reach into nested records
+        value = value.get(part) if isinstance(value, dict) else None
     if value is None:
         return "-"
     if fmt == "rate":  # three significant digits, without an exponent

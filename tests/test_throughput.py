@@ -35,8 +35,11 @@ def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> No
     for key in ("model_images_per_s", "loader_images_per_s", "end_to_end_images_per_s", "sslzoo_over_lightly"):
         assert record[key] > 0, key
     assert record["lightly"]["images_per_s"] > 0
+    costs = record["loader_cpu_ms_per_image"]  # both photometric paths, side by side
+    assert set(costs) == {"per_image", "batched"} and all(ms > 0 for ms in costs.values())
+    assert record["photometric"] == "batched"
     assert record["bottleneck"] in ("loader", "model")
     assert "git_commit" in record["provenance"] and record["provenance"]["torch_version"] == torch.__version__
     assert record["model_images_per_s"] == 4 / record["model_step_s_median"]
     table = out.with_suffix(".md").read_text()
-    assert "| dino | vit_convstem_micro_28 | 2x28+4x12 | 4 | fp32 |" in table
+    assert "| dino | vit_convstem_micro_28 | 2x28+4x12 | 4 | fp32 |" in table and "loader CPU ms/img, batched" in table
