@@ -54,6 +54,23 @@ class LinearProtocol:
 
 
 @dataclass
+class LowShotLinear:
+    steps: int  # SGD steps of each probe, whatever the subset's size
+    batch_size: int  # at most this many images per step (the whole subset if smaller)
+    lr: float  # not scaled by the batch
+    weight_decay: float
+
+
+@dataclass
+class LowShotProtocol:
+    fractions: list[float]
+    shots: list[int]
+    draws: int
+    seed: int
+    linear: LowShotLinear
+
+
+@dataclass
 class OnlineProbeProtocol:
     lr: float
     momentum: float
@@ -71,6 +88,7 @@ class Protocol:
     seed: int
     knn: KNNProtocol
     linear: LinearProtocol
+    lowshot: LowShotProtocol
     online_probe: OnlineProbeProtocol
 
 
@@ -103,6 +121,15 @@ def check(p: Protocol) -> None:
     lo, hi = (p.linear.crop_scale + [0.0, 0.0])[:2]
     need(len(p.linear.crop_scale) == 2 and 0 < lo <= hi <= 1, "linear.crop_scale must be [min, max] in (0, 1]")
     need(all(r.n_last_blocks > 0 for r in p.linear.vit_features), "linear.vit_features n_last_blocks must be > 0")
+    low = p.lowshot
+    bad = [f for f in low.fractions if not 0 < f <= 1]
+    need(not bad, f"fractions: {bad[0] if bad else 0:g} is outside (0, 1]; give label fractions such as 0.01,0.1")
+    bad_shots = [s for s in low.shots if s <= 0]
+    need(not bad_shots, f"shots: {bad_shots[0] if bad_shots else ''} is not positive; give images per class: 1,2,5")
+    need(bool(low.fractions or low.shots), "lowshot needs at least one of fractions= and shots=")
+    need(low.draws > 0, f"draws={low.draws} must be a positive integer")
+    need(low.linear.steps > 0 and low.linear.batch_size > 0, "lowshot.linear steps and batch_size must be positive")
+    need(low.linear.lr > 0 and low.linear.weight_decay >= 0, "lowshot.linear.lr must be positive, weight_decay >= 0")
 
 
 def to_dict(protocol: Protocol) -> dict:
