@@ -50,22 +50,58 @@ def default_out(options: dict[str, Any], run_key: str, name: str) -> str:
     return str(Path(run[0] if isinstance(run, list) else run) / name)
 
 
+def images_option(value: str | None) -> int | Path | None:
+    """``images=``: a number of test images, or a picture / folder of pictures."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    path = Path(value)
+    if not path.exists():
+        raise UserError(f"images={value!r} must be an int (how many test images) or a picture or folder: none there")
+    return path
+
+
+def source_of(options: dict[str, Any], command: str):
+    from sslzoo.viz.images import open_source
+
+    return open_source(options["run"], options["ckpt"], options["backbone"], options["part"], command)
+
+
+def out_path(options: dict[str, Any], folder: Path, name: str) -> str:
+    return options["out"] or str(folder / name)
+
+
 def attention(options: dict[str, Any]) -> Path:
     from sslzoo.viz.attention import attention_figure
-    from sslzoo.viz.runs import Run
 
-    fig = attention_figure(Run.open(options["run"]), options["images"], options["threshold"])
-    return save(fig, default_out(options, "run", "attention.png"))
+    images = images_option(options["images"])
+    source = source_of(options, "attention")
+    fig = attention_figure(source, images, options["threshold"], options["size"])
+    return save(fig, out_path(options, source.out_dir, "attention.png"))
 
 
 def embeddings(options: dict[str, Any]) -> Path:
     from sslzoo.viz.embeddings import embedding_figure
-    from sslzoo.viz.runs import open_runs, run_labels
+    from sslzoo.viz.images import Source, open_source
+    from sslzoo.viz.runs import run_labels
 
-    runs = open_runs(options["runs"])
-    labels = run_labels(runs, options["labels"])
-    fig = embedding_figure(runs, labels, options["points"], options["projection"], options["seed"])
-    return save(fig, default_out(options, "runs", "embeddings.png"))
+    images = images_option(options["images"])
+    if isinstance(images, int):
+        raise UserError("embeddings: images= names a picture folder (points= sets how many test images)")
+    if options["ckpt"] is not None:
+        if options["runs"] is not None:
+            raise UserError("embeddings takes runs= or ckpt=, not both")
+        sources = [open_source(None, options["ckpt"], options["backbone"], options["part"], "embeddings")]
+    else:
+        if options["runs"] is None:
+            raise UserError("embeddings needs runs= (run folders) or ckpt= (a checkpoint or released weights)")
+        if options["backbone"] is not None or options["part"] is not None:
+            raise UserError("backbone= and part= apply to ckpt= weights; a run names its own")
+        sources: list[Source] = [open_source(run, None, None, None, "embeddings") for run in options["runs"]]
+    labels = run_labels(sources, options["labels"])
+    fig = embedding_figure(sources, labels, options["points"], options["projection"], options["seed"], images)
+    return save(fig, out_path(options, sources[0].out_dir, "embeddings.png"))
 
 
 def dynamics(options: dict[str, Any]) -> Path:
@@ -92,27 +128,38 @@ def cards(options: dict[str, Any]) -> Path:
 
 
 RUNS_HELP = "run folders (trainer.out_dir), comma-separated"
+CKPT_HELP = "instead of a run: an sslzoo checkpoint, released weights (DINO, iBOT, MoCo v3, torchvision) or timm:TAG"
+BACKBONE_HELP = "with ckpt= of released weights: our backbone they load into, unless the file names it"
+PART_HELP = "with ckpt=: teacher | student (DINO, iBOT), base_encoder | momentum_encoder (MoCo v3)"
 LABELS_HELP = "one legend label per run, comma-separated (default: the folder names)"
 COMMANDS = {
     "attention": Command(
-        "last-block [CLS] self-attention per head and thresholded masks of a ViT run (DINO Figure 1)",
+        "last-block [CLS] self-attention per head and thresholded masks of a ViT (DINO Figure 1), on any pictures",
         {
-            "run": Option(str, REQUIRED, "the run folder (trainer.out_dir) of a ViT run"),
-            "images": Option(int, 10, "test images, one per class first"),
+            "run": Option(str, None, "the run folder (trainer.out_dir) of a ViT run"),
+            "ckpt": Option(str, None, CKPT_HELP),
+            "backbone": Option(str, None, BACKBONE_HELP),
+            "part": Option(str, None, PART_HELP),
+            "images": Option(str, "10", "N test images (one per class first), or a picture or folder of pictures"),
+            "size": Option(int, 0, "pictures' shorter side in pixels (0: the backbone's own; DINO's demo: 480)"),
             "threshold": Option(float, 0.6, "masks keep this fraction of the attention mass (DINO: 0.6)"),
-            "out": Option(str, None, "PNG path (default: RUN/attention.png)"),
+            "out": Option(str, None, "PNG path (default: RUN/attention.png, or beside the weights)"),
         },
         attention,
     ),
     "embeddings": Command(
-        "t-SNE (or PCA) of the backbone features of the test set, coloured by class, one panel per run",
+        "t-SNE (or PCA) of the backbone features of the test set (or a picture folder), coloured by class",
         {
-            "runs": Option(list, REQUIRED, RUNS_HELP),
+            "runs": Option(list, None, RUNS_HELP),
+            "ckpt": Option(str, None, CKPT_HELP),
+            "backbone": Option(str, None, BACKBONE_HELP),
+            "part": Option(str, None, PART_HELP),
+            "images": Option(str, None, "a folder of pictures to embed instead of the test set (subfolders: classes)"),
             "labels": Option(list, None, LABELS_HELP),
-            "points": Option(int, 2000, "test images to embed"),
+            "points": Option(int, 2000, "test images (or pictures) to embed"),
             "projection": Option(str, "tsne", "tsne or pca"),
             "seed": Option(int, 0, "random state of the projection"),
-            "out": Option(str, None, "PNG path (default: FIRST_RUN/embeddings.png)"),
+            "out": Option(str, None, "PNG path (default: FIRST_RUN/embeddings.png, or beside the weights)"),
         },
         embeddings,
     ),

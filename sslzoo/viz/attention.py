@@ -13,6 +13,8 @@ visualize_attention.py ``--threshold``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,8 @@ from torch import Tensor
 
 from sslzoo.errors import UserError
 from sslzoo.eval.features import eval_split
-from sslzoo.viz.runs import Run
+from sslzoo.viz.images import Source, attention_view, image_files, read_picture
+from sslzoo.viz.runs import CLASS_NAMES
 
 
 @torch.no_grad()
@@ -59,9 +62,9 @@ def mass_mask(attention: Tensor, keep: float) -> Tensor:
     return torch.zeros_like(kept).scatter(-1, order, kept)
 
 
-def sample_images(run: Run, count: int) -> tuple[Tensor, list[int]]:
-    """``count`` test images, one per class first (in class order), as normalised tensors."""
-    dataset = eval_split(run.data, "test")
+def sample_images(source: Source, count: int) -> tuple[list[Tensor], list[str]]:
+    """``count`` test images of the source's dataset, one per class first (in class order), normalised."""
+    dataset = eval_split(source.data, "test")
     labels = getattr(getattr(dataset, "base", None), "labels", None)
     if labels is None:  # datasets not held in memory: the first images in order
         picks = list(range(min(count, len(dataset))))
@@ -70,7 +73,20 @@ def sample_images(run: Run, count: int) -> tuple[Tensor, list[int]]:
         chosen = set(firsts)
         picks = (firsts + [i for i in range(count + len(firsts)) if i not in chosen])[:count]
     samples = [dataset[i] for i in picks]
-    return torch.stack([image for image, _ in samples]), [label for _, label in samples]
+    names = CLASS_NAMES.get(source.data.name)
+    return [image for image, _ in samples], [names[label] if names else str(label) for _, label in samples]
+
+
+def folder_images(source: Source, path: Path, size: int) -> tuple[list[Tensor], list[str]]:
+    """Every picture of ``images=PATH`` at ``size`` pixels on its shorter side (default: the backbone's own)."""
+    model = source.model
+    side = size or model.patch_embed.img_size[0]
+    files = image_files(path)
+    views = [
+        attention_view(read_picture(f, source.info.channels), side, model.patch_embed.patch_size, source.info)
+        for f in files
+    ]
+    return views, [f.name for f in files]
 
 
 def mask_overlay(image: np.ndarray, mask: Tensor, colour: tuple[float, float, float]) -> np.ndarray:
@@ -81,31 +97,42 @@ def mask_overlay(image: np.ndarray, mask: Tensor, colour: tuple[float, float, fl
     return rgb * (0.25 + 0.75 * inside) * (1 - 0.4 * inside) + 0.4 * inside * np.asarray(colour)
 
 
-def attention_figure(run: Run, count: int, keep: float) -> Figure:
-    """One row per test image: the image, each head's [CLS] attention, then each head's thresholded mask."""
+def attention_figure(source: Source, images: int | Path, keep: float, size: int = 0) -> Figure:
+    """One row per image: the image, each head's [CLS] attention, then each head's thresholded mask.
+
+    ``images``: how many test images of the source's dataset, or a picture / folder of pictures, drawn
+    at ``size`` pixels on the shorter side (0: the backbone's native size); the position embeddings are
+    interpolated to the image's patch grid (timm ``dynamic_img_size``, DINO's interpolate_pos_encoding).
+    """
     if not 0 < keep < 1:
         raise UserError(f"threshold={keep} must lie strictly between 0 and 1 (DINO uses 0.6)")
-    if count < 1:
-        raise UserError(f"images={count} must be at least 1")
-    model = run.backbone()
+    if size < 0:
+        raise UserError(f"size={size} must be a positive number of pixels (or 0: the backbone's own)")
+    model = source.model
     if not isinstance(model, VisionTransformer):
-        raise UserError(f"{run.path} trained {run.config['model']['backbone']}, not a ViT: attention maps need a ViT")
-    images, labels = sample_images(run, count)
-    maps = cls_attention(model, images)  # (B, heads, h, w)
-    masks = mass_mask(maps.flatten(2), keep).reshape(maps.shape)
-    heads = maps.shape[1]
-    shown = run.unnormalise(images).permute(0, 2, 3, 1).numpy()
-    names = run.class_names()
+        raise UserError(f"{source.name} is a {type(model).__name__}, not a ViT: attention maps need a ViT")
+    if isinstance(images, int):
+        if images < 1:
+            raise UserError(f"images={images} must be at least 1")
+        if not source.has_dataset:
+            raise UserError("released weights come without a dataset: pass images=FOLDER (or a picture) to draw on")
+        pictures, captions = sample_images(source, images)
+    else:
+        pictures, captions = folder_images(source, images, size)
+    maps = [cls_attention(model, picture[None])[0] for picture in pictures]  # each (heads, h, w)
+    heads = maps[0].shape[0]
     colours = colormaps["tab10"].colors
 
-    fig = Figure(figsize=(1.1 * (2 * heads + 1), 1.15 * len(images) + 0.5), layout="constrained")
-    axes = fig.subplots(len(images), 2 * heads + 1, squeeze=False)
-    for row, (image, label) in enumerate(zip(shown, labels)):
+    fig = Figure(figsize=(1.1 * (2 * heads + 1), 1.15 * len(pictures) + 0.5), layout="constrained")
+    axes = fig.subplots(len(pictures), 2 * heads + 1, squeeze=False)
+    for row, (picture, caption, attention) in enumerate(zip(pictures, captions, maps)):
+        image = source.unnormalise(picture[None])[0].permute(1, 2, 0).numpy()
+        masks = mass_mask(attention.flatten(1), keep).reshape(attention.shape)
         axes[row, 0].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-        axes[row, 0].set_ylabel(names[label], fontsize=8)
+        axes[row, 0].set_ylabel(caption, fontsize=8)
         for head in range(heads):
-            axes[row, 1 + head].imshow(maps[row, head].numpy(), cmap="inferno", interpolation="nearest")
-            overlay = mask_overlay(image, masks[row, head], colours[head % len(colours)])
+            axes[row, 1 + head].imshow(attention[head].numpy(), cmap="inferno", interpolation="nearest")
+            overlay = mask_overlay(image, masks[head], colours[head % len(colours)])
             axes[row, 1 + heads + head].imshow(overlay.clip(0, 1), interpolation="nearest")
     for ax in axes.flat:
         ax.set_xticks([])
@@ -116,7 +143,7 @@ def attention_figure(run: Run, count: int, keep: float) -> Figure:
         axes[0, 1 + head].set_title(f"head {head + 1}", fontsize=8, color=colour)
         axes[0, 1 + heads + head].set_title(f"mask {head + 1}", fontsize=8, color=colour)
     fig.suptitle(
-        f"{run.name} ({run.method}): last-block [CLS] self-attention per head, and masks keeping {keep:.0%} of it",
+        f"{source.name} ({source.method}): last-block [CLS] self-attention per head, and masks keeping {keep:.0%}",
         fontsize=9,
     )
     return fig
