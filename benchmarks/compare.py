@@ -75,6 +75,7 @@ class Settings:
     curve_train_limit: int | None
     curve_test_limit: int | None
     baselines: bool
+    lowshot: bool
     reuse: bool
     out: str
     runs: str
@@ -205,6 +206,45 @@ def evaluate_run(evaluator: Evaluator, subject: Subject, seed: int) -> tuple[dic
     return knn, linear, features
 
 
+def lowshot_entry(evaluator: Evaluator, subject: Subject, features: Features) -> dict:
+    """The optional low-shot columns (``lowshot=true``): ``python -m sslzoo.eval lowshot`` on the features
+    already computed; each setting's kNN and linear top-1, averaged over its draws."""
+    from sslzoo.eval.evaluate import write_record
+    from sslzoo.eval.lowshot import LOWSHOT_FILE, lowshot
+
+    record = lowshot(evaluator, subject, features)
+    if subject.out_dir is not None:
+        write_record(subject.out_dir / LOWSHOT_FILE, record, subject, evaluator.protocol)
+    return {r["setting"]: {kind: r[kind]["mean"] for kind in ("knn_top1", "linear_top1")} for r in record["results"]}
+
+
+def lowshot_row(ok: list[dict]) -> dict:
+    """Each low-shot setting's kNN and linear top-1, mean ± std over the seeds."""
+    settings = ok[0]["lowshot"]
+    return {s: {kind: mean_std([e["lowshot"][s][kind] for e in ok]) for kind in settings[s]} for s in settings}
+
+
+def lowshot_markdown(results: dict) -> list[str]:
+    """The low-shot columns as a second table (only with ``lowshot=true``)."""
+    rows = [r for r in results["rows"] if "lowshot" in r]
+    if not rows:
+        return []
+    settings = list(rows[0]["lowshot"])
+    low = results["protocol"]["lowshot"]
+    lines = [
+        f"Low-shot (offline, mean over {low['draws']} class-balanced draws of the training labels per setting; "
+        "`python -m sslzoo.eval lowshot`): kNN / linear top-1 (%).",
+        "",
+        "| method | " + " | ".join(f"{s} kNN | {s} linear" for s in settings) + " |",
+        "|---|" + "---|---|" * len(settings),
+    ]
+    for row in rows:
+        name = BASELINE_LABELS.get(row["name"], row["name"]) if row["kind"] == "baseline" else row["name"]
+        cells = [pct(row["lowshot"][s][kind]) for s in settings for kind in ("knn_top1", "linear_top1")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def smallest(*limits: int | None) -> int | None:
     """The smallest of the image limits given (null: no limit)."""
     present = [n for n in limits if n is not None]
@@ -286,6 +326,8 @@ def run_method(settings: Settings, plan: Plan, seed: int, evaluator: Evaluator, 
     final = from_run(directory)
     knn, linear, features = evaluate_run(evaluator, final, seed)
     entry.update(knn=strip(knn), linear=strip(linear), eval_s=knn["extract_s"] + knn["eval_s"] + linear["eval_s"])
+    if settings.lowshot:
+        entry["lowshot"] = lowshot_entry(evaluator, final, features)
     print(
         f"[{plan.method} seed {seed}] pre-train {result.wall_s / 60:.1f} min; offline kNN@{knn['headline']['k']} "
         f"{100 * knn['headline']['knn_top1']:.2f}%, offline linear {100 * linear['linear_top1']:.2f}% "
@@ -325,6 +367,8 @@ def run_baseline(
     }
     if curve is not None:
         entry["subset_knn_top1"] = subset_knn(curve, subject, features)
+    if settings.lowshot:
+        entry["lowshot"] = lowshot_entry(evaluator, subject, features)
     return entry
 
 
@@ -374,6 +418,8 @@ def summarise(name: str, kind: str, entries: list[dict], plan: Plan | None, head
         ]
     if any("subset_knn_top1" in e for e in ok):
         row["subset_knn_top1"] = mean_std([e["subset_knn_top1"] for e in ok])
+    if ok and all("lowshot" in e for e in ok):
+        row["lowshot"] = lowshot_row(ok)
     return row
 
 
@@ -439,6 +485,7 @@ def markdown(results: dict) -> str:
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += lowshot_markdown(results)
     lines += curve_markdown(results)
     verdicts = [
         f"{r['name']}: kNN {yes_no(r['beats_random_init']['knn'])}, linear {yes_no(r['beats_random_init']['linear'])}"
