@@ -14,15 +14,19 @@ It runs in one of two places (``augment.photometric``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
 
 from sslzoo.config import AugmentConfig
-from sslzoo.photometric import apply_params, blur_kernel_size, draw_params
+from sslzoo.photometric import apply_params, blur_kernel_size, draw_params, uniform
+
+CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's default, as every paper's code)
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,13 @@ class MultiCrop:
         image = self.to_image(image)  # once per image, not per view
         return [transform(image) for transform in self.transforms]
 
+    def seeded(self, image: Tensor, seed: int) -> list[Tensor]:
+        """The views under the global RNG seeded by ``seed`` (torchvision's transforms draw from it),
+        leaving the caller's RNG state as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self(image)
+
 
 class CroppedViews(NamedTuple):
     """uint8 crops and each crop's photometric parameters (one entry per view; batched by the loader)."""
@@ -105,32 +116,71 @@ class CroppedViews(NamedTuple):
     params: list[Tensor]
 
 
+def draw_crop(
+    height: int, width: int, scale: tuple[float, float], generator: torch.Generator
+) -> tuple[int, int, int, int]:
+    """A RandomResizedCrop box (top, left, height, width), drawn as torchvision draws it (Szegedy et al.
+    2015): up to ten tries at a uniform share of the area and a log-uniform aspect ratio in [3/4, 4/3],
+    else the whole image clipped to that ratio, centred."""
+    area = height * width
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for _ in range(10):
+        target = area * uniform(*scale, generator)
+        ratio = math.exp(uniform(*log_ratio, generator))
+        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    ratio = width / height
+    w, h = width, height
+    if ratio < CROP_RATIO[0]:
+        h = round(w / CROP_RATIO[0])
+    elif ratio > CROP_RATIO[1]:
+        w = round(h * CROP_RATIO[1])
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 class CropsAndParams:
-    """Image -> :class:`CroppedViews`: crop and flip on uint8, and the draw of every other parameter."""
+    """Image -> :class:`CroppedViews`: crop and flip on uint8, and the draw of every other parameter,
+    all from one generator (no global RNG state to save and restore per image)."""
 
     def __init__(self, aug: AugmentConfig, channels: int) -> None:
         self.specs = crop_specs(aug)
-        self.transforms = [v2.Compose(geometric_steps(s, aug)) for s in self.specs]
         self.jitter = colour_jitter(aug, channels)
         self.aug, self.grayscale_p = aug, aug.grayscale_p if channels == 3 else 0.0
         self.to_image = v2.ToImage()
 
-    def __call__(self, image: Tensor) -> CroppedViews:
-        image = self.to_image(image)
+    def __call__(self, image: Tensor, generator: torch.Generator | None = None) -> CroppedViews:
+        if generator is None:  # one draw from the global RNG seeds this image's generator
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        image = self.to_image(image).as_subclass(Tensor)
+        height, width = image.shape[-2:]
         crops, params = [], []
-        for spec, transform in zip(self.specs, self.transforms):
-            crops.append(transform(image).as_subclass(Tensor))
+        for spec in self.specs:
+            top, left, h, w = draw_crop(height, width, spec.scale, generator)
+            crop = TF.resized_crop(
+                image, top, left, h, w, [spec.size, spec.size], InterpolationMode.BICUBIC, antialias=True
+            )
+            if torch.rand(1, generator=generator) < self.aug.flip_p:
+                crop = TF.horizontal_flip(crop)
+            crops.append(crop)
+            aug = self.aug
             params.append(
                 draw_params(
                     self.jitter,
-                    self.aug.jitter_p,
+                    aug.jitter_p,
                     self.grayscale_p,
-                    tuple(self.aug.blur_sigma),
+                    tuple(aug.blur_sigma),
                     spec.blur_p,
                     spec.solarize_p,
+                    generator,
                 )
             )
         return CroppedViews(crops, params)
+
+    def seeded(self, image: Tensor, seed: int) -> CroppedViews:
+        return self(image, torch.Generator().manual_seed(seed))
 
 
 class DeviceViews:

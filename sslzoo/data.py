@@ -243,9 +243,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededViews(Dataset):
-    """Applies ``transform`` to ``base[index]`` under an RNG seeded by the sampler."""
+    """Applies ``transform.seeded(image, seed)`` to ``base[index]`` with the seed the sampler drew."""
 
-    def __init__(self, base: Dataset, transform: Callable) -> None:
+    def __init__(self, base: Dataset, transform) -> None:
         self.base, self.transform = base, transform
 
     def __len__(self) -> int:
@@ -254,9 +254,7 @@ class SeededViews(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[list[Tensor], int]:
         index, seed = key
         image, label = self.base[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(image), label
+        return self.transform.seeded(image, seed), label
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):

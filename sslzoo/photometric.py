@@ -40,8 +40,8 @@ class P(IntEnum):
 NUM_PARAMS = 11
 
 
-def _uniform(low: float, high: float) -> float:
-    return float(torch.empty(1).uniform_(low, high))
+def uniform(low: float, high: float, generator: torch.Generator | None = None) -> float:
+    return float(torch.empty(1).uniform_(low, high, generator=generator))
 
 
 def draw_params(
@@ -51,24 +51,26 @@ def draw_params(
     blur_sigma: tuple[float, float],
     blur_p: float,
     solarize_p: float,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """One view's parameters from the global torch RNG, with the distributions of torchvision's
-    RandomApply(ColorJitter), RandomGrayscale, RandomApply(GaussianBlur) and RandomSolarize."""
+    """One view's parameters from ``generator`` (default: the global torch RNG), with the distributions of
+    torchvision's RandomApply(ColorJitter), RandomGrayscale, RandomApply(GaussianBlur) and RandomSolarize."""
+    g = generator
     params = torch.zeros(NUM_PARAMS)
     params[P.BRIGHTNESS : P.HUE] = 1.0
     params[P.ORDER : P.ORDER + 4] = torch.arange(4)
-    if torch.rand(1) < jitter_p:
+    if torch.rand(1, generator=g) < jitter_p:
         brightness, contrast, saturation, hue = jitter
         for column, strength in ((P.BRIGHTNESS, brightness), (P.CONTRAST, contrast), (P.SATURATION, saturation)):
             if strength > 0:
-                params[column] = _uniform(max(0.0, 1 - strength), 1 + strength)
+                params[column] = uniform(max(0.0, 1 - strength), 1 + strength, g)
         if hue > 0:
-            params[P.HUE] = _uniform(-hue, hue)
-        params[P.ORDER : P.ORDER + 4] = torch.randperm(4)
-    params[P.GRAYSCALE] = float(torch.rand(1) < grayscale_p)
-    if torch.rand(1) < blur_p:
-        params[P.SIGMA] = _uniform(*blur_sigma)
-    params[P.SOLARIZE] = float(torch.rand(1) < solarize_p)
+            params[P.HUE] = uniform(-hue, hue, g)
+        params[P.ORDER : P.ORDER + 4] = torch.randperm(4, generator=g)
+    params[P.GRAYSCALE] = float(torch.rand(1, generator=g) < grayscale_p)
+    if torch.rand(1, generator=g) < blur_p:
+        params[P.SIGMA] = uniform(*blur_sigma, g)
+    params[P.SOLARIZE] = float(torch.rand(1, generator=g) < solarize_p)
     return params
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from sslzoo.augment import CroppedViews, CropsAndParams, DeviceViews, MultiCrop
+from sslzoo.augment import CroppedViews, CropsAndParams, DeviceViews, MultiCrop, draw_crop
 from sslzoo.config import load_config
 from sslzoo.photometric import (
     NUM_PARAMS,
@@ -144,26 +144,46 @@ def test_unjittered_view_is_only_normalised() -> None:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_both_paths_give_the_same_views_shapes_and_statistics(channels: int) -> None:
-    """The loader's two outputs, finished on the device, give views of the same shapes; their
-    pixel statistics over many augmented images agree: within 0.015 of the [0, 1] range, three standard
-    errors of 1,000 views (0.006) plus the per-image path's rounding down to uint8 after each of up to
-    four jitter ops (0.5/255 each on average)."""
+    """The loader's two outputs, finished on the device, give views of the same shapes, and the pixel
+    statistics of each view over 600 augmented images agree within 0.02 of the [0, 1] range: three standard
+    errors (0.008) plus the per-image path's rounding down to uint8 after each of up to five ops (jitter,
+    grayscale), which darkens its views by up to 2.5/255 on average (the module's docstring)."""
     cfg = load_config("dino_fmnist", {})
     mean, std = [0.0] * channels, [1.0] * channels
-    image = torch.randint(0, 256, (channels, 28, 28), dtype=torch.uint8)
-    torch.manual_seed(0)
-    per_image = [MultiCrop(cfg.augment, channels, mean, std)(image) for _ in range(1000)]
+    image = torch.randint(0, 256, (channels, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    count = 600
+    multi_crop = MultiCrop(cfg.augment, channels, mean, std)
+    per_image = [multi_crop.seeded(image, seed) for seed in range(count)]
     crops_and_params = CropsAndParams(cfg.augment, channels)
-    batched = [crops_and_params(image) for _ in range(1000)]
+    batched = [crops_and_params.seeded(image, count + seed) for seed in range(count)]
     assert all(isinstance(b, CroppedViews) and b.images[0].dtype == torch.uint8 for b in batched)
-    collated = CroppedViews(
-        [torch.stack([b.images[v] for b in batched]) for v in range(len(batched[0].images))],
-        [torch.stack([b.params[v] for b in batched]) for v in range(len(batched[0].params))],
-    )
+    collated = CroppedViews(*([torch.stack(views) for views in zip(*part)] for part in zip(*batched)))
     finished = DeviceViews(cfg.augment, mean, std)(collated, torch.device("cpu"))
-    reference = [torch.stack([views[v] for views in per_image]) for v in range(len(per_image[0]))]
+    reference = [torch.stack(views) for views in zip(*per_image)]
     assert [f.shape for f in finished] == [r.shape for r in reference]
     for ours, theirs in zip(finished, reference):
         assert ours.dtype == theirs.dtype == torch.float32
-        assert abs(ours.mean() - theirs.mean()) < 0.015
-        assert abs(ours.std() - theirs.std()) < 0.015
+        assert abs(ours.mean() - theirs.mean()) < 0.02
+        assert abs(ours.std() - theirs.std()) < 0.02
+
+
+def test_seeded_views_repeat_and_leave_the_global_rng_alone() -> None:
+    cfg = load_config("simclr_fmnist", {})
+    image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    transform = CropsAndParams(cfg.augment, 1)
+    state = torch.get_rng_state()
+    first, again, other = transform.seeded(image, 7), transform.seeded(image, 7), transform.seeded(image, 8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first.images + first.params, again.images + again.params))
+    assert not all(torch.equal(a, b) for a, b in zip(first.params, other.params))
+
+
+def test_crop_boxes_follow_random_resized_crop() -> None:
+    """Boxes inside the image, areas within the scale range and ratios within [3/4, 4/3] (up to rounding)."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        top, left, h, w = draw_crop(28, 20, (0.2, 0.9), generator)
+        assert 0 <= top and top + h <= 28 and 0 <= left and left + w <= 20
+        assert 0.2 * 560 * 0.85 <= h * w <= 0.9 * 560 * 1.15
+        assert 3 / 4 * 0.85 <= w / h <= 4 / 3 * 1.15
+    assert draw_crop(10, 40, (1.0, 1.0), generator) == (0, 13, 10, 13)  # no try fits: the centred fallback
