@@ -42,12 +42,15 @@ def test_compiled_backbones_train_like_eager_ones(tiny_config) -> None:
     assert compiled.method.state_dict().keys() == eager.method.state_dict().keys()  # checkpoints stay compatible
     assert first_loss(compiled) == pytest.approx(first_loss(eager), abs=1e-4)
     for (name, p), q in zip(compiled.method.named_parameters(), eager.method.parameters()):
-        if name.endswith("attn.qkv.bias"):
-            # The key bias shifts every logit of a query equally, so softmax cancels it: its gradient is
-            # rounding noise, which Adam's first step scales to +-lr. Compare the query and value biases.
-            width = len(p) // 3
-            p, q = torch.cat([p[:width], p[2 * width :]]), torch.cat([q[:width], q[2 * width :]])
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)  # the same optimizer step
+        if q.grad is None:
+            assert p.grad is None, name
+            continue
+        # The same gradients up to float32 rounding, relative to each tensor's largest element: the conv stem's
+        # first-step gradients are sums that cancel, which differ by up to 1.1e-3 of the largest on this batch (a
+        # wrong graph differs by O(1)). Parameters are not compared: Adam's first step divides each element by its
+        # own magnitude, which turns the noise of near-zero gradients (the key bias, cancelled by softmax) into +-lr.
+        atol = 5e-3 * q.grad.abs().max().item() + 1e-12
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=atol, msg=name)
 
 
 def test_compile_without_a_cpu_compiler_is_one_clear_error(tiny_config, monkeypatch: pytest.MonkeyPatch) -> None:
