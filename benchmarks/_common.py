@@ -125,7 +125,8 @@ def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretr
     with every evaluation snapshot that config asks for."""
     import yaml
 
-    from sslzoo.config import load_config, to_yaml
+    from sslzoo.config import to_yaml
+    from sslzoo.recipes import load_config
 
     previous = load_pretrain(run_dir)
     saved = run_dir / "config.yaml"

@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import finished_run, pretrain  # noqa: E402
 
-from sslzoo.config import available_recipes, load_config, parse_overrides  # noqa: E402
+from sslzoo.config import available_recipes, parse_overrides  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
+from sslzoo.recipes import load_config  # noqa: E402
 
 GROUPS = ("dino", "byol", "batch")
 DEFAULTS = {

@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Pretrain, finished_run, mean_std, pretrain, read_metrics  # noqa: E402
 
 from sslzoo.checkpoint import Snapshots  # noqa: E402
-from sslzoo.config import Config, build, dotted_keys, load_config, parse_overrides, read_yaml, set_dotted  # noqa: E402
+from sslzoo.config import Config, build, dotted_keys, parse_overrides, read_yaml, set_dotted  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.eval.protocol import Protocol, load_protocol, to_dict  # noqa: E402
 from sslzoo.methods import METHODS, method_class  # noqa: E402
 from sslzoo.provenance import provenance, provenance_since  # noqa: E402
+from sslzoo.recipes import load_config  # noqa: E402
 
 if TYPE_CHECKING:  # for the annotations only: this script imports sslzoo.eval.evaluate where it uses it
     from sslzoo.eval.evaluate import Evaluator, Features, Subject

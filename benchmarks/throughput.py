@@ -52,11 +52,12 @@ from typing import Any
 import torch
 
 from sslzoo.augment import CroppedViews, CropsAndParams, MultiCrop
-from sslzoo.config import RECIPES_DIR, Config, load_config, parse_overrides
+from sslzoo.config import RECIPES_DIR, Config, parse_overrides
 from sslzoo.data import SeededViews, data_info, load_dataset, sample_seed
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.methods import METHODS
 from sslzoo.provenance import provenance
+from sslzoo.recipes import load_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHORTHANDS = {

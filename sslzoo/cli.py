@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from sslzoo.config import available_recipes, load_config, parse_overrides
+from sslzoo.config import available_recipes, parse_overrides
 from sslzoo.errors import UserError, cli_entry
 
 USAGE = """usage: python train.py recipe=NAME_OR_PATH [key=value ...]
@@ -23,6 +23,8 @@ def main(argv: list[str]) -> int:
     recipe = overrides.pop("recipe", None)
     if recipe is None:
         raise UserError(f"name a recipe: python train.py recipe=NAME ({', '.join(available_recipes())})")
+    from sslzoo.recipes import load_config  # the method registry imports torch: not for --help
+
     cfg = load_config(str(recipe), overrides)
 
     from sslzoo.trainer import Stopped, train  # torch-heavy imports after the config is known good

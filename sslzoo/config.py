@@ -3,7 +3,9 @@
 A run's config is ``sslzoo/defaults.yaml`` (shared keys), then the recipe
 (optionally ``inherit:``-ing another recipe), then dotted command-line
 overrides such as ``optim.lr=1e-3``. The shared sections are typed here; the
-``method`` section is typed by the method's own ``Config`` dataclass. Every
+``method`` section is typed by the method's own ``Config`` dataclass, which
+the caller passes in (``sslzoo.recipes`` looks it up in the method registry,
+so this module imports no method). Every
 key is checked: unknown keys get the nearest valid key as a suggestion, and
 values of the wrong type or outside their choices are refused.
 """
@@ -305,16 +307,18 @@ def build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def validate(tree: dict) -> Config:
-    """Validate a resolved tree into a :class:`Config` (method section included)."""
-    from sslzoo.methods import method_class  # the registry imports every method
-
+def method_name(tree: dict) -> str:
+    """The resolved tree's ``method.name`` (which method's ``Config`` types the ``method`` section)."""
     method_tree = tree.get("method")
     if not isinstance(method_tree, dict) or "name" not in method_tree:
         raise UserError("the recipe has no 'method.name'")
-    method_cls = method_class(str(method_tree["name"]))
+    return str(method_tree["name"])
+
+
+def validate(tree: dict, method_schema: type) -> Config:
+    """Validate a resolved tree into a :class:`Config`, its method section into ``method_schema``."""
     config = build(Config, {**tree, "method": {}}, "")
-    config.method = build(method_cls.Config, method_tree, "method")
+    config.method = build(method_schema, tree["method"], "method")
     config.raw = tree
     check_ranges(config)
     return config
@@ -361,11 +365,6 @@ def check_ranges(cfg: Config) -> None:
         cfg.resume in ("auto", "none") or Path(cfg.resume).is_file(),
         f"resume={cfg.resume} is neither auto, none nor an existing checkpoint file",
     )
-
-
-def load_config(recipe: str, overrides: dict[str, Any] | None = None) -> Config:
-    """The validated config of ``recipe`` with dotted ``overrides`` applied."""
-    return validate(resolve(recipe, overrides or {}))
 
 
 def to_yaml(cfg: Config) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from sslzoo.config import Config, load_config
+from sslzoo.config import Config
+from sslzoo.recipes import load_config
 
 torch.set_num_threads(2)
 

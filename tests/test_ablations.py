@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sslzoo.config import load_config
 from sslzoo.methods import method_class
+from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sslzoo.config import available_recipes, load_config, parse_overrides, to_yaml
+from sslzoo.config import available_recipes, parse_overrides, to_yaml
 from sslzoo.errors import UserError
+from sslzoo.recipes import load_config
 
 
 def test_every_recipe_loads_and_has_the_interface_keys():

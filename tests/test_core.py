@@ -10,11 +10,11 @@ from torch import nn
 
 from sslzoo.augment import MultiCrop, crop_specs
 from sslzoo.backbones import create_backbone
-from sslzoo.config import load_config
 from sslzoo.data import ResumableSampler
 from sslzoo.heads import dino_head, mlp_head
 from sslzoo.multicrop import backbone_features
 from sslzoo.optim import apply_schedules, build_optimizer, clip_gradients, parameter_groups, scaled_lr
+from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock, cosine, linear_warmup, warmup_cosine
 
 # --------------------------------------------------------------------------- schedules

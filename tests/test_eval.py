@@ -200,7 +200,7 @@ def test_online_probe_leaves_the_method_alone_and_resumes_exactly(tiny_config, t
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sslzoo.config import load_config
+    from sslzoo.recipes import load_config
     from sslzoo.trainer import train
 
     out = tmp_path_factory.mktemp("run")

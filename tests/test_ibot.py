@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from sslzoo.checkpoint import load_checkpoint
-from sslzoo.config import load_config
 from sslzoo.errors import UserError
 from sslzoo.losses.dino import DINOLoss
 from sslzoo.losses.ibot import MaskedPatchLoss
 from sslzoo.methods import method_class
+from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
 from sslzoo.trainer import Trainer
 

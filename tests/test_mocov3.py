@@ -16,11 +16,11 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from sslzoo.backbones import build_model, zero_init_residual
-from sslzoo.config import load_config
 from sslzoo.errors import UserError
 from sslzoo.losses.mocov3 import contrastive_loss
 from sslzoo.methods import method_class
 from sslzoo.optim import parameter_groups
+from sslzoo.recipes import load_config
 from sslzoo.trainer import Trainer
 
 TAU = 0.2

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from lightly.utils.lars import LARS as LightlyLARS
 from torch import Tensor, nn
 
-from sslzoo.config import load_config
 from sslzoo.errors import UserError
 from sslzoo.heads import dino_head
 from sslzoo.methods import method_class
 from sslzoo.methods.base import Method
 from sslzoo.optim import apply_schedules, build_optimizer, parameter_groups
+from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock, cosine, linear_warmup, warmup_cosine
 
 IMAGENET_TRAIN = 1281167  # images per epoch of the ImageNet recipes

@@ -7,7 +7,6 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from sslzoo.augment import CroppedViews, CropsAndParams, DeviceViews, MultiCrop, draw_crop
-from sslzoo.config import load_config
 from sslzoo.photometric import (
     NUM_PARAMS,
     P,
@@ -23,6 +22,7 @@ from sslzoo.photometric import (
     grayscale,
     solarize,
 )
+from sslzoo.recipes import load_config
 
 TOLERANCE = 1e-5  # float32 rounding; the hue round trip through HSV is looser
 HUE_TOLERANCE = 1e-4

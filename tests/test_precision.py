@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from sslzoo.backbones import Backbone
-from sslzoo.config import RECIPES_DIR, load_config
+from sslzoo.config import RECIPES_DIR
 from sslzoo.methods import method_class
+from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
 from sslzoo.trainer import Trainer, channels_last_resnets
 

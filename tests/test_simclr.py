@@ -12,11 +12,11 @@ from torch import Tensor, nn
 
 from sslzoo.backbones import build_model
 from sslzoo.checkpoint import load_checkpoint
-from sslzoo.config import load_config
 from sslzoo.errors import UserError
 from sslzoo.losses.ntxent import NTXentLoss
 from sslzoo.methods import method_class
 from sslzoo.optim import scaled_lr
+from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
 from sslzoo.trainer import train
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from sslzoo.backbones import build_model
-from sslzoo.config import Config, load_config, to_yaml
+from sslzoo.config import Config, to_yaml
 from sslzoo.methods import METHODS
+from sslzoo.recipes import load_config
 from sslzoo.viz.__main__ import main
 from sslzoo.viz.attention import cls_attention, last_block_attention, mass_mask
 from sslzoo.viz.runs import Run

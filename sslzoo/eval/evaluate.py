@@ -21,14 +21,16 @@ from torch import Tensor, nn
 
 from sslzoo.backbones import build_model
 from sslzoo.checkpoint import Snapshots, load_checkpoint
-from sslzoo.config import DEFAULTS_FILE, DataConfig, build, dotted_keys, read_yaml, set_dotted, validate
+from sslzoo.config import DEFAULTS_FILE, DataConfig, build, dotted_keys, read_yaml, set_dotted
 from sslzoo.data import data_info
 from sslzoo.errors import UserError
 from sslzoo.eval.features import RawPixels, describe, eval_split, extract, feature_encoder, train_transform
 from sslzoo.eval.knn import knn_top1
 from sslzoo.eval.linear import linear_probe, linear_probe_augmented
 from sslzoo.eval.protocol import Protocol, to_dict
+from sslzoo.methods import method_class
 from sslzoo.provenance import provenance
+from sslzoo.recipes import validate_run
 from sslzoo.weights import TIMM_PREFIX, is_sslzoo_checkpoint, load_weights, read
 
 KNN_FILE, LINEAR_FILE = "eval_knn.json", "eval_linear.json"
@@ -74,11 +76,9 @@ def plain_model(backbone: str, data: DataConfig) -> nn.Module:
 
 def from_checkpoint(path: Path, out_dir: Path | None = None) -> Subject:
     """The evaluated backbone of a training checkpoint (``method.eval_backbone()``: the teacher for DINO/iBOT)."""
-    from sslzoo.methods import method_class
-
     state = load_checkpoint(path)
     tree = {**state["config"], "resume": "none"}  # resume paths of the original run need not exist here
-    cfg = validate(tree)
+    cfg = validate_run(tree)
     method = method_class(cfg.method.name)(cfg)
     method.load_state_dict(state["model"])
     if out_dir is None:
