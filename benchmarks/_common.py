@@ -31,13 +31,6 @@ def train_command(recipe: str, overrides: dict[str, Any]) -> list[str]:
     ]
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @dataclass
 class Pretrain:
     """One pre-training subprocess: outcome and cost."""
@@ -99,7 +92,9 @@ def pretrain(recipe: str, overrides: dict[str, Any], run_dir: Path, log_name: st
             proc.wait()
             raise
         wall = time.perf_counter() - start
-    metrics = read_metrics(run_dir)
+    from sslzoo.rundir import RunDir
+
+    metrics = RunDir(run_dir).read_metrics()
     cuda = [m["cuda_max_memory_allocated"] for m in metrics if "cuda_max_memory_allocated" in m]
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     error = None if returncode == 0 else (lines[-1] if lines else f"exit status {returncode}")
@@ -127,24 +122,26 @@ def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretr
 
     from sslzoo.config import to_yaml
     from sslzoo.recipes import load_config
+    from sslzoo.rundir import RunDir
 
     previous = load_pretrain(run_dir)
-    saved = run_dir / "config.yaml"
-    if previous is None or not previous.ok or not (run_dir / "backbone.pt").is_file() or not saved.is_file():
+    run = RunDir(run_dir)
+    if previous is None or not previous.ok or not run.backbone.is_file() or not run.config.is_file():
         return None
     wanted = load_config(recipe, {**overrides, "trainer.out_dir": str(run_dir)})
-    same = yaml.safe_load(saved.read_text()) == yaml.safe_load(to_yaml(wanted))
+    same = run.read_config() == yaml.safe_load(to_yaml(wanted))
     return previous if same and snapshots_complete(run_dir, wanted.trainer.snapshot_every) else None
 
 
 def snapshots_complete(run_dir: Path, every: int) -> bool:
     """Whether a finished run holds its snapshot of every ``every``-th step up to its last logged step."""
-    from sslzoo.checkpoint import Snapshots
+    from sslzoo.rundir import RunDir
 
     if not every:
         return True
-    metrics = read_metrics(run_dir)
-    snapshots = Snapshots(run_dir)
+    run = RunDir(run_dir)
+    metrics = run.read_metrics()
+    snapshots = run.snapshots
     entries = snapshots.read()
     expected = list(range(every, metrics[-1]["step"] + 1, every)) if metrics else []
     return [e["step"] for e in entries] == expected and all((snapshots.folder / e["file"]).is_file() for e in entries)

@@ -41,6 +41,7 @@ from _common import finished_run, pretrain  # noqa: E402
 from sslzoo.config import available_recipes, parse_overrides  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.recipes import load_config  # noqa: E402
+from sslzoo.rundir import RunDir  # noqa: E402
 
 GROUPS = ("dino", "byol", "batch")
 DEFAULTS = {
@@ -235,7 +236,7 @@ def run_experiment(experiment: Experiment, options: dict, train: dict, evaluator
     if not result.ok:
         print(f"[{experiment.name}] FAILED: {result.error} (log: {directory / 'train.log'})", flush=True)
         return {**entry, "status": "failed"}
-    (directory / "checkpoints" / "last.pt").unlink(missing_ok=True)  # backbone.pt is what gets evaluated
+    RunDir(directory).checkpoint.unlink(missing_ok=True)  # backbone.pt is what gets evaluated
     subject = from_run(directory)
     knn = evaluator.knn(subject, evaluator.features(subject))
     entry.update(status="ok", knn_top1=knn["headline"]["knn_top1"], final=last_values(directory))

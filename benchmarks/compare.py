@@ -29,15 +29,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Pretrain, finished_run, mean_std, pretrain, read_metrics  # noqa: E402
+from _common import Pretrain, finished_run, mean_std, pretrain  # noqa: E402
 
-from sslzoo.checkpoint import Snapshots  # noqa: E402
 from sslzoo.config import Config, build, dotted_keys, parse_overrides, read_yaml, set_dotted  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.eval.protocol import Protocol, load_protocol, to_dict  # noqa: E402
 from sslzoo.methods import METHODS, method_class  # noqa: E402
 from sslzoo.provenance import provenance, provenance_since  # noqa: E402
 from sslzoo.recipes import load_config  # noqa: E402
+from sslzoo.rundir import RunDir  # noqa: E402
 
 if TYPE_CHECKING:  # for the annotations only: this script imports sslzoo.eval.evaluate where it uses it
     from sslzoo.eval.evaluate import Evaluator, Features, Subject
@@ -196,14 +196,15 @@ def finished(settings: Settings, directory: Path, recipe: str, overrides: dict[s
 
 def evaluate_run(evaluator: Evaluator, subject: Subject, seed: int) -> tuple[dict, dict, Features]:
     """(kNN record, linear record, the features they were computed from)."""
-    from sslzoo.eval.evaluate import KNN_FILE, LINEAR_FILE, write_record
+    from sslzoo.eval.evaluate import write_record
 
     features = evaluator.features(subject)
     knn = evaluator.knn(subject, features)
     linear = evaluator.linear(subject, features, seed=evaluator.protocol.seed + seed)
     if subject.out_dir is not None:
-        write_record(subject.out_dir / KNN_FILE, knn, subject, evaluator.protocol)
-        write_record(subject.out_dir / LINEAR_FILE, linear, subject, evaluator.protocol)
+        results = RunDir(subject.out_dir)
+        write_record(results.eval_record("knn"), knn, subject, evaluator.protocol)
+        write_record(results.eval_record("linear"), linear, subject, evaluator.protocol)
     return knn, linear, features
 
 
@@ -211,11 +212,11 @@ def lowshot_entry(evaluator: Evaluator, subject: Subject, features: Features) ->
     """The optional low-shot columns (``lowshot=true``): ``python -m sslzoo.eval lowshot`` on the features
     already computed; each setting's kNN and linear top-1, averaged over its draws."""
     from sslzoo.eval.evaluate import write_record
-    from sslzoo.eval.lowshot import LOWSHOT_FILE, lowshot
+    from sslzoo.eval.lowshot import lowshot
 
     record = lowshot(evaluator, subject, features)
     if subject.out_dir is not None:
-        write_record(subject.out_dir / LOWSHOT_FILE, record, subject, evaluator.protocol)
+        write_record(RunDir(subject.out_dir).eval_record("lowshot"), record, subject, evaluator.protocol)
     return {r["setting"]: {kind: r[kind]["mean"] for kind in ("knn_top1", "linear_top1")} for r in record["results"]}
 
 
@@ -282,7 +283,7 @@ def knn_curve(
     from sslzoo.eval.evaluate import from_snapshot
 
     points = []
-    for entry in Snapshots(directory).read():
+    for entry in RunDir(directory).snapshots.read():
         if entry["step"] == settings.steps:
             knn = subset_knn(curve, final, final_features)
         else:
@@ -309,7 +310,7 @@ def run_method(settings: Settings, plan: Plan, seed: int, evaluator: Evaluator, 
         print(f"[{plan.method} seed {seed}] pre-training {settings.steps} steps -> {directory}", flush=True)
         result = pretrain(plan.recipe, plan.overrides[seed], directory)
     memory, memory_kind = result.peak_memory
-    config_file = directory / "config.yaml"
+    config_file = RunDir(directory).config
     entry.update(
         status="ok" if result.ok else "failed",
         reused=reused,
@@ -623,7 +624,7 @@ def plot_curves(results: dict, key: str, ylabel: str, title: str, path: Path) ->
     methods = [r["name"] for r in results["rows"] if r["kind"] == "method"]
     for i, method in enumerate(methods):
         for entry in (e for e in results["runs"] if e["name"] == method and e["status"] == "ok"):
-            points = [(m["step"], m[key]) for m in read_metrics(Path(entry["run_dir"])) if key in m]
+            points = [(m["step"], m[key]) for m in RunDir(entry["run_dir"]).read_metrics() if key in m]
             if points:
                 first = entry["seed"] == results["settings"]["seeds"][0]
                 ax.plot(*zip(*points), color=colours[i % len(colours)], label=method if first else None)

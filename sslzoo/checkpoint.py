@@ -1,4 +1,4 @@
-"""Atomic, safely loadable checkpoints (and the evaluation snapshots of ``trainer.snapshot_every``).
+"""Atomic, safely loadable checkpoints.
 
 A checkpoint is written to a temporary file in the same folder, flushed to
 disk, then renamed over the old one: a crash (even SIGKILL) or a full disk at
@@ -8,7 +8,6 @@ only tensors and plain Python values, so they load with ``weights_only=True``.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,8 +19,6 @@ import torch
 from sslzoo.errors import UserError
 
 FORMAT = "sslzoo-checkpoint/1"
-SNAPSHOT_DIR = "snapshots"  # trainer.snapshot_every: the evaluated backbone every N steps, beside checkpoints/
-SNAPSHOT_INDEX = "index.json"
 
 
 def os_error(err: BaseException) -> OSError | None:
@@ -83,37 +80,3 @@ def load_checkpoint(path: Path, method: str | None = None, backbone: str | None 
             f"but this run is {method} on {backbone}; use another trainer.out_dir or resume=none"
         )
     return state
-
-
-class Snapshots:
-    """A run's evaluation snapshots (``trainer.snapshot_every``): ``snapshots/backbone_stepNNNNNN.pt``, each a plain
-    ``state_dict`` of ``method.eval_backbone()`` like ``backbone.pt``, and ``snapshots/index.json``, which lists
-    them in step order as ``{"step", "train_s", "file"}`` (``train_s``: the trainer's training seconds so far)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.folder = Path(run_dir) / SNAPSHOT_DIR
-        self.index = self.folder / SNAPSHOT_INDEX
-
-    def read(self) -> list[dict]:
-        return json.loads(self.index.read_text()) if self.index.is_file() else []
-
-    def write_index(self, entries: list[dict]) -> None:
-        atomic_write(self.index, lambda file: file.write(json.dumps(entries, indent=1).encode()))
-
-    def save(self, state_dict: dict, step: int, train_s: float) -> None:
-        """Write the snapshot of ``step``, then list it (the index never names a missing file)."""
-        name = f"backbone_step{step:06d}.pt"
-        atomic_save(state_dict, self.folder / name)
-        earlier = [e for e in self.read() if e["step"] < step]
-        self.write_index([*earlier, {"step": step, "train_s": train_s, "file": name}])
-
-    def truncate_after(self, step: int) -> None:
-        """Forget and delete the snapshots past ``step``: they belong to steps a resumed run will redo."""
-        entries = self.read()
-        kept = [e for e in entries if e["step"] <= step]
-        if len(kept) == len(entries):
-            return
-        self.write_index(kept)
-        for entry in entries:
-            if entry["step"] > step:
-                (self.folder / entry["file"]).unlink(missing_ok=True)

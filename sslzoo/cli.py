@@ -6,6 +6,7 @@ import sys
 
 from sslzoo.config import available_recipes, parse_overrides
 from sslzoo.errors import UserError, cli_entry
+from sslzoo.rundir import RunDir
 
 USAGE = """usage: python train.py recipe=NAME_OR_PATH [key=value ...]
 
@@ -36,5 +37,5 @@ def main(argv: list[str]) -> int:
             f"stopped by {stop}; the checkpoint in {cfg.trainer.out_dir} resumes with the same command", file=sys.stderr
         )
         raise SystemExit(128 + stop.signum) from None
-    print(f"done: {out_dir}/backbone.pt")
+    print(f"done: {RunDir(out_dir).backbone}")
     return 0

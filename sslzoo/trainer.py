@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from sslzoo.augment import CroppedViews, CropsAndParams, DeviceViews, MultiCrop
 from sslzoo.backbones import Backbone
-from sslzoo.checkpoint import FORMAT, Snapshots, atomic_save, load_checkpoint
+from sslzoo.checkpoint import FORMAT, atomic_save, load_checkpoint
 from sslzoo.config import Config, to_yaml
 from sslzoo.data import ResumableSampler, SeededViews, data_info, load_dataset
 from sslzoo.diagnostics import collapse_metrics
@@ -35,6 +35,7 @@ from sslzoo.errors import UserError
 from sslzoo.eval.online_probe import build_online_probe
 from sslzoo.methods import Method, method_class
 from sslzoo.optim import apply_schedules, build_optimizer, clip_gradients, parameter_groups, scaled_lr
+from sslzoo.rundir import RunDir
 from sslzoo.schedules import Clock
 
 PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -87,9 +88,10 @@ def resolve_device(choice: str, ddp: Distributed) -> torch.device:
     return torch.device("cuda", ddp.local_rank)
 
 
-def prepare_out_dir(path: Path) -> None:
+def prepare_out_dir(run: RunDir) -> None:
+    path = run.path
     try:
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        run.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_text("ok")
         probe.unlink()
@@ -190,8 +192,8 @@ def record_step(line: str) -> float:
 class MetricsLog:
     """``metrics.jsonl`` plus, when asked for, wandb (never fatal if the network is down)."""
 
-    def __init__(self, cfg: Config, out_dir: Path, resumed_step: int) -> None:
-        self.path = out_dir / "metrics.jsonl"
+    def __init__(self, cfg: Config, run: RunDir, resumed_step: int) -> None:
+        self.path = run.metrics
         self.truncate_after(resumed_step)
         self.wandb = None
         if cfg.logger.wandb != "off":
@@ -200,7 +202,7 @@ class MetricsLog:
 
                 self.wandb = wandb.init(
                     project=cfg.logger.project,
-                    dir=str(out_dir),
+                    dir=str(run.path),
                     mode=cfg.logger.wandb,
                     config=cfg.raw,
                     settings=wandb.Settings(init_timeout=30),
@@ -240,9 +242,9 @@ class Trainer:
             cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.device = resolve_device(cfg.trainer.device, self.ddp)
-        self.out_dir = Path(cfg.trainer.out_dir)
+        self.run = RunDir(cfg.trainer.out_dir)
         if self.ddp.is_main:
-            prepare_out_dir(self.out_dir)
+            prepare_out_dir(self.run)
         seed_everything(cfg.seed + self.ddp.rank)
 
         info = data_info(cfg.data)
@@ -305,10 +307,6 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------
 
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.out_dir / "checkpoints" / "last.pt"
-
     def checkpoint_state(self) -> dict:
         return {
             "format": FORMAT,
@@ -328,7 +326,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.ddp.is_main:
-            atomic_save(self.checkpoint_state(), self.last_checkpoint)
+            atomic_save(self.checkpoint_state(), self.run.checkpoint)
 
     def eval_backbone_state(self) -> dict:
         """The plain ``state_dict`` of the backbone to evaluate (``backbone.pt``, the snapshots)."""
@@ -336,7 +334,7 @@ class Trainer:
 
     def maybe_resume(self) -> None:
         resume = self.cfg.resume
-        path = self.last_checkpoint if resume == "auto" else Path(resume)
+        path = self.run.checkpoint if resume == "auto" else Path(resume)
         if resume == "none" or (resume == "auto" and not path.exists()):
             return
         state = load_checkpoint(path, self.cfg.method.name, self.cfg.model.backbone)
@@ -410,8 +408,8 @@ class Trainer:
             tqdm.write(f"warning: loss is {loss.item()} at step {step}; step skipped ({self.skipped_steps} so far)")
             return {"loss": loss.item(), "skipped": True}
         kept = (
-            f"the last good checkpoint is {self.last_checkpoint}"
-            if self.last_checkpoint.exists()
+            f"the last good checkpoint is {self.run.checkpoint}"
+            if self.run.checkpoint.exists()
             else "no checkpoint was saved yet"
         )
         raise NonFiniteLoss(
@@ -440,9 +438,9 @@ class Trainer:
         self.maybe_resume()
         cfg = self.cfg
         if self.ddp.is_main:
-            write_text(self.out_dir / "config.yaml", to_yaml(cfg))
-        log = MetricsLog(cfg, self.out_dir, self.clock.step) if self.ddp.is_main else None
-        snapshots = Snapshots(self.out_dir) if self.ddp.is_main else None
+            write_text(self.run.config, to_yaml(cfg))
+        log = MetricsLog(cfg, self.run, self.clock.step) if self.ddp.is_main else None
+        snapshots = self.run.snapshots if self.ddp.is_main else None
         if snapshots is not None:
             snapshots.truncate_after(self.clock.step)
         self.install_signal_handlers()
@@ -491,12 +489,12 @@ class Trainer:
                     mark = time.perf_counter()
             self.save_checkpoint()
             if self.ddp.is_main:
-                atomic_save(self.eval_backbone_state(), self.out_dir / "backbone.pt")
+                atomic_save(self.eval_backbone_state(), self.run.backbone)
         finally:
             bar.close()
             if log is not None:
                 log.close()
-        return self.out_dir
+        return self.run.path
 
 
 def train(cfg: Config) -> Path:

@@ -5,8 +5,23 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sslzoo"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = REPO_ROOT / "sslzoo"
 PACKAGE = PACKAGE_DIR.name
+RUN_FOLDER_OWNER = PACKAGE_DIR / "rundir.py"
+RUN_FOLDER_NAMES = {
+    "config.yaml",
+    "metrics.jsonl",
+    "checkpoints",
+    "last.pt",
+    "backbone.pt",
+    "snapshots",
+    "index.json",
+    "backbone_step",
+    "eval_knn.json",
+    "eval_linear.json",
+    "eval_lowshot.json",
+}
 
 
 def module_name(path: Path) -> str:
@@ -92,3 +107,17 @@ def test_no_import_circle_in_the_package():
 def test_the_config_imports_no_method():
     """The schema is the bottom layer: methods may import it, so it must not import them."""
     assert import_graph()[f"{PACKAGE}.config"] == {f"{PACKAGE}.errors"}
+
+
+def path_names(path: Path) -> list[str]:
+    """The string pieces of ``path`` that name a run-folder entry: ``"config.yaml"``, ``f"{d}/backbone.pt"``
+    (prose that mentions a name, as in a docstring or a message, is not a path)."""
+    pieces = [node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)]
+    return [p for p in pieces if isinstance(p, str) and any(part in RUN_FOLDER_NAMES for part in p.split("/"))]
+
+
+def test_only_rundir_spells_the_run_folder_names():
+    sources = [*PACKAGE_DIR.rglob("*.py"), *(REPO_ROOT / "benchmarks").glob("*.py"), REPO_ROOT / "train.py"]
+    spelled = {str(p.relative_to(REPO_ROOT)): path_names(p) for p in sources if p != RUN_FOLDER_OWNER}
+    assert {file: names for file, names in spelled.items() if names} == {}
+    assert path_names(RUN_FOLDER_OWNER)  # the check would see them

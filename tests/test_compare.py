@@ -20,10 +20,11 @@ import yaml
 from PIL import Image
 
 import sslzoo.trainer
-from sslzoo.checkpoint import Snapshots, atomic_save, load_checkpoint
+from sslzoo.checkpoint import atomic_save, load_checkpoint
 from sslzoo.eval.evaluate import Evaluator, from_checkpoint, from_run, from_snapshot
 from sslzoo.eval.protocol import load_protocol
 from sslzoo.methods import METHODS, method_class
+from sslzoo.rundir import RunDir
 from sslzoo.trainer import Stopped, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +147,7 @@ def test_every_run_has_a_knn_curve_against_training_minutes(results: tuple[Path,
         assert minutes[0] == 0.0 and all(a < b for a, b in zip(minutes, minutes[1:]))
         assert curve[0]["knn_top1"] == floors["random_init"]
         run = Path(entry["run_dir"])
-        middle, final = from_snapshot(run, Snapshots(run).read()[0]), from_run(run)
+        middle, final = from_snapshot(run, RunDir(run).snapshots.read()[0]), from_run(run)
         for point, subject in ((curve[1], middle), (curve[2], final)):
             assert point["knn_top1"] == subset.knn(subject, subset.features(subject))["headline"]["knn_top1"]
         row = next(r for r in data["rows"] if r["name"] == entry["name"])
@@ -224,7 +225,8 @@ def test_snapshots_keep_the_evaluated_backbone_and_the_training_time(tiny_config
         "trainer.snapshot_every": 2,
     }
     cfg = tiny_config("dino_fmnist", **small, **{"trainer.max_steps": 4})
-    run, snapshots = Path(cfg.trainer.out_dir), Snapshots(Path(cfg.trainer.out_dir))
+    run = Path(cfg.trainer.out_dir)
+    snapshots = RunDir(run).snapshots
     last = run / "checkpoints" / "last.pt"
 
     fit(cfg, now, stop_after=2)

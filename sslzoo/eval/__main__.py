@@ -77,7 +77,8 @@ def main(argv: list[str]) -> int:
     protocol = load_protocol(overrides)
 
     from sslzoo.eval import evaluate as ev
-    from sslzoo.eval.evaluate import KNN_FILE, LINEAR_FILE, Evaluator, write_record
+    from sslzoo.eval.evaluate import Evaluator, write_record
+    from sslzoo.rundir import EvalKind, RunDir
 
     if run is not None:
         if weights or data:
@@ -93,28 +94,30 @@ def main(argv: list[str]) -> int:
             ev.official_data(data) if data else None,
             Path(str(out)) if out is not None else None,
         )
-    out_dir = Path(str(out)) if out is not None else subject.out_dir
+    results = RunDir(Path(str(out)) if out is not None else subject.out_dir)
+
+    def save(kind: EvalKind, record: dict) -> None:
+        write_record(results.eval_record(kind), record, subject, protocol)
+        print(f"wrote {results.eval_record(kind)}")
+
     print(f"evaluating {subject.weights['source']} (step {subject.weights['step']}) on {subject.data.name}")
     evaluator = Evaluator(protocol)
     features = evaluator.features(subject)
     if command == "lowshot":
-        from sslzoo.eval.lowshot import LOWSHOT_FILE, lowshot, print_lowshot
+        from sslzoo.eval.lowshot import lowshot, print_lowshot
 
         record = lowshot(evaluator, subject, features)
         print_lowshot(record)
-        write_record(out_dir / LOWSHOT_FILE, record, subject, protocol)
-        print(f"wrote {out_dir / LOWSHOT_FILE}")
+        save("lowshot", record)
         return 0
     if command in ("knn", "all"):
         record = evaluator.knn(subject, features)
         print_knn(record)
-        write_record(out_dir / KNN_FILE, record, subject, protocol)
-        print(f"wrote {out_dir / KNN_FILE}")
+        save("knn", record)
     if command in ("linear", "all"):
         record = evaluator.linear(subject, features)
         print_linear(record)
-        write_record(out_dir / LINEAR_FILE, record, subject, protocol)
-        print(f"wrote {out_dir / LINEAR_FILE}")
+        save("linear", record)
     return 0
 
 

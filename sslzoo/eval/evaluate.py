@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from sslzoo.backbones import build_model
-from sslzoo.checkpoint import Snapshots, load_checkpoint
+from sslzoo.checkpoint import load_checkpoint
 from sslzoo.config import DEFAULTS_FILE, DataConfig, build, dotted_keys, read_yaml, set_dotted
 from sslzoo.data import data_info
 from sslzoo.errors import UserError
@@ -31,9 +30,9 @@ from sslzoo.eval.protocol import Protocol, to_dict
 from sslzoo.methods import method_class
 from sslzoo.provenance import provenance
 from sslzoo.recipes import validate_run
+from sslzoo.rundir import RunDir
 from sslzoo.weights import TIMM_PREFIX, is_sslzoo_checkpoint, load_weights, read
 
-KNN_FILE, LINEAR_FILE = "eval_knn.json", "eval_linear.json"
 UNITS = "fraction of the test images classified correctly, in [0, 1]"
 
 
@@ -56,16 +55,6 @@ class Subject:
 # --------------------------------------------------------------------------- loading subjects
 
 
-def read_run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} has no config.yaml: pass the folder of a training run (trainer.out_dir)")
-    tree = yaml.safe_load(path.read_text())
-    if not isinstance(tree, dict) or "data" not in tree or "model" not in tree:
-        raise UserError(f"{path} is not an sslzoo run config")
-    return tree
-
-
 def data_config(tree: dict) -> DataConfig:
     return build(DataConfig, tree["data"], "data")
 
@@ -82,7 +71,7 @@ def from_checkpoint(path: Path, out_dir: Path | None = None) -> Subject:
     method = method_class(cfg.method.name)(cfg)
     method.load_state_dict(state["model"])
     if out_dir is None:
-        out_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        out_dir = RunDir.of_checkpoint(path).path
     return Subject(
         name=cfg.method.name,
         model=method.eval_backbone().model,
@@ -136,8 +125,9 @@ def from_weights(
 
 def from_run(run_dir: Path) -> Subject:
     """A run folder's final ``backbone.pt``, or its ``checkpoints/last.pt`` if that is newer (a run in progress)."""
-    tree = read_run_config(run_dir)
-    final, last = run_dir / "backbone.pt", run_dir / "checkpoints" / "last.pt"
+    run = RunDir(run_dir)
+    tree = run.read_config()
+    final, last = run.backbone, run.checkpoint
     if last.is_file() and (not final.is_file() or last.stat().st_mtime > final.stat().st_mtime):
         return from_checkpoint(last, run_dir)
     if not final.is_file():
@@ -146,9 +136,9 @@ def from_run(run_dir: Path) -> Subject:
 
 
 def from_snapshot(run_dir: Path, entry: dict) -> Subject:
-    """A run's evaluation snapshot (an entry of ``Snapshots(run_dir).read()``, ``trainer.snapshot_every``)."""
-    path = Snapshots(run_dir).folder / entry["file"]
-    return from_state_dict(run_dir, read_run_config(run_dir), path, entry["step"])
+    """A run's evaluation snapshot (an entry of ``RunDir(run_dir).snapshots.read()``, ``trainer.snapshot_every``)."""
+    run = RunDir(run_dir)
+    return from_state_dict(run_dir, run.read_config(), run.snapshots.folder / entry["file"], entry["step"])
 
 
 def from_state_dict(run_dir: Path, tree: dict, path: Path, step: int | str) -> Subject:

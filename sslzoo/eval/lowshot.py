@@ -25,8 +25,6 @@ from sslzoo.eval.knn import knn_top1
 from sslzoo.eval.linear import linear_probe
 from sslzoo.eval.protocol import LinearProtocol, LowShotLinear
 
-LOWSHOT_FILE = "eval_lowshot.json"
-
 
 def per_class_counts(labels: Tensor, kind: str, value: float) -> dict[int, int]:
     """Images to draw from each class: ``round(fraction x class size)`` (at least 1), or ``value`` shots."""

@@ -1,24 +1,18 @@
-"""A finished (or running) training run folder, as the figures read it.
-
-``trainer.out_dir`` holds ``config.yaml`` (the resolved recipe), ``metrics.jsonl``
-(one record per log step) and, once training ends, ``backbone.pt`` (the state
-dict of the backbone the method evaluates, ``Method.eval_backbone``).
-"""
+"""A finished (or running) training run folder, as the figures read it (its layout: ``sslzoo.rundir``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from sslzoo.config import DataConfig, build
 from sslzoo.data import DataInfo, data_info
 from sslzoo.errors import UserError
+from sslzoo.rundir import RunDir
 
 CLASS_NAMES = {
     "fmnist": (
@@ -44,11 +38,7 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
-        path = Path(path)
-        config_file = path / "config.yaml"
-        if not config_file.is_file():
-            raise UserError(f"{path} is not a run folder (no config.yaml): pass a trainer.out_dir of train.py")
-        return cls(path, yaml.safe_load(config_file.read_text()))
+        return cls(Path(path), RunDir(path).read_config())
 
     @property
     def name(self) -> str:
@@ -72,13 +62,11 @@ class Run:
 
     @cached_property
     def metrics(self) -> list[dict]:
-        """The records of ``metrics.jsonl`` in step order."""
-        path = self.path / "metrics.jsonl"
-        if not path.is_file():
-            raise UserError(f"{path} does not exist: the run has not logged yet (trainer.log_every steps)")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """The logged records in step order."""
+        run = RunDir(self.path)
+        records = run.read_metrics()
         if not records:
-            raise UserError(f"{path} is empty: the run has not logged yet (trainer.log_every steps)")
+            raise UserError(f"{run.metrics} has no records: the run has not logged yet (trainer.log_every steps)")
         return sorted(records, key=lambda record: record["step"])
 
     def backbone(self) -> nn.Module:
