@@ -121,3 +121,15 @@ def test_only_rundir_spells_the_run_folder_names():
     spelled = {str(p.relative_to(REPO_ROOT)): path_names(p) for p in sources if p != RUN_FOLDER_OWNER}
     assert {file: names for file, names in spelled.items() if names} == {}
     assert path_names(RUN_FOLDER_OWNER)  # the check would see them
+
+
+def test_dino_and_ibot_compose_their_self_distillation():
+    """iBOT is not a DINO subclass, and the patch loss is not DINO's loss with another forward."""
+    from sslzoo.losses.dino import DINOLoss, TeacherCentre
+    from sslzoo.losses.ibot import MaskedPatchLoss
+    from sslzoo.methods import METHODS
+
+    dino, ibot = METHODS.get("dino"), METHODS.get("ibot")
+    assert not issubclass(ibot, dino)
+    assert not issubclass(MaskedPatchLoss, DINOLoss) and issubclass(MaskedPatchLoss, TeacherCentre)
+    assert "forward" not in vars(TeacherCentre)  # the shared teacher side has no loss signature to change

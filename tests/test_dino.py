@@ -80,7 +80,7 @@ def test_step_teacher_has_no_gradient_and_follows_the_student(tiny_config):
     with torch.no_grad():
         for p in student:
             p.add_(1.0)
-    momentum = method.momentum(clock)
+    momentum = method.distillation.momentum(clock)
     method.after_optimizer_step(clock)
     for old, new, s in zip(before, method.teacher.parameters(), student):
         assert torch.allclose(new, momentum * old + (1 - momentum) * s, atol=1e-6)
@@ -120,10 +120,10 @@ def test_teacher_temperature_warms_up_linearly(tiny_config):
     )
     method = method_class("dino")(cfg)
     clock = Clock(step=0, total_steps=300, steps_per_epoch=1, epochs=300)
-    assert method.teacher_temp(clock) == pytest.approx(0.04)
-    assert method.teacher_temp(clock.at(15)) == pytest.approx(0.055)
-    assert method.teacher_temp(clock.at(30)) == pytest.approx(0.07)
-    assert method.teacher_temp(clock.at(200)) == pytest.approx(0.07)
+    assert method.distillation.teacher_temp(clock) == pytest.approx(0.04)
+    assert method.distillation.teacher_temp(clock.at(15)) == pytest.approx(0.055)
+    assert method.distillation.teacher_temp(clock.at(30)) == pytest.approx(0.07)
+    assert method.distillation.teacher_temp(clock.at(200)) == pytest.approx(0.07)
 
 
 def test_few_steps_on_fashion_mnist_write_a_complete_run(tiny_config):

@@ -125,7 +125,7 @@ def test_method_losses_match_a_dense_recomputation(tiny_config):
     out = method(views, CLOCK)
 
     hp = method.hp
-    tau_s, tau_t, tau_tp = hp.student_temp, method.teacher_temp(CLOCK), method.teacher_patch_temp(CLOCK)
+    tau_s, tau_t, tau_tp = hp.student_temp, method.distillation.teacher_temp(CLOCK), method.teacher_patch_temp(CLOCK)
     u = torch.cat(views[:2])
     with torch.no_grad():
         t_tokens = method.teacher.net.backbone.forward_tokens(u)
@@ -147,7 +147,7 @@ def test_method_losses_match_a_dense_recomputation(tiny_config):
     assert out.logs["loss_cls"] == pytest.approx(want_cls, rel=1e-4)
     assert out.loss.item() == pytest.approx(0.5 * want_cls + 2.0 * want_patch, rel=1e-4)
     assert out.logs["mask_ratio"] == pytest.approx(flat.float().mean().item())
-    assert torch.allclose(method.pending_patch_center, t_patch.mean(dim=(0, 1)), atol=1e-6)
+    assert torch.allclose(method.patch_loss.pending_center, t_patch.mean(dim=(0, 1)), atol=1e-6)
     assert out.embeddings.shape == (4, hp.out_dim) and not out.embeddings.requires_grad
     assert torch.allclose(out.features, s_tokens[:4, 0], atol=1e-5)
 
@@ -206,7 +206,7 @@ def test_centres_move_once_per_optimizer_step(tiny_config):
     method(views, CLOCK)
     method(views, CLOCK)  # e.g. gradient accumulation: no centre update inside the forward
     assert not method.loss.center.any() and not method.patch_loss.center.any()
-    pending = method.pending_patch_center.clone()
+    pending = method.patch_loss.pending_center.clone()
     method.after_optimizer_step(CLOCK)
     assert torch.allclose(method.patch_loss.center, (1 - method.hp.center_momentum_patch) * pending)
     assert method.loss.center.any()
@@ -255,9 +255,10 @@ def test_teacher_temperatures_warm_up_separately(tiny_config):
     overrides = {"method.teacher_temp": 0.06, "method.teacher_patch_temp": 0.07, "method.warmup_teacher_temp_epochs": 2}
     method = make_ibot(tiny_config, **overrides)
     start, half, done = CLOCK, CLOCK.at(10), CLOCK.at(20)
-    assert method.teacher_temp(start) == pytest.approx(0.04) and method.teacher_patch_temp(start) == pytest.approx(0.04)
-    assert method.teacher_temp(half) == pytest.approx(0.05) and method.teacher_patch_temp(half) == pytest.approx(0.055)
-    assert method.teacher_temp(done) == pytest.approx(0.06) and method.teacher_patch_temp(done) == pytest.approx(0.07)
+    teacher_temp, patch_temp = method.distillation.teacher_temp, method.teacher_patch_temp
+    assert teacher_temp(start) == pytest.approx(0.04) and patch_temp(start) == pytest.approx(0.04)
+    assert teacher_temp(half) == pytest.approx(0.05) and patch_temp(half) == pytest.approx(0.055)
+    assert teacher_temp(done) == pytest.approx(0.06) and patch_temp(done) == pytest.approx(0.07)
 
 
 @pytest.mark.parametrize(

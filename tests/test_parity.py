@@ -198,7 +198,7 @@ def official_ibot_loss(
     cross-entropy of the same global crop, averaged over its masked patches; each term over its number of
     pairs, times its lambda."""
     hp, n_global, batch = method.hp, 2, len(masks) // 2
-    tau_t, tau_tp = method.teacher_temp(clock), method.teacher_patch_temp(clock)
+    tau_t, tau_tp = method.distillation.teacher_temp(clock), method.teacher_patch_temp(clock)
     student_cls = (s_cls / hp.student_temp).split(batch)  # every crop
     student_patch = (s_patch / hp.student_temp).chunk(n_global)
     teacher_cls = F.softmax((t_cls - method.loss.center) / tau_t, dim=-1).chunk(n_global)
@@ -255,8 +255,8 @@ def test_ibot_bn_head_loss_is_one_head_pass_over_all_tokens_of_each_call(tiny_co
     for got, expected in zip(torch.autograd.grad(out.loss, params), torch.autograd.grad(want, params)):
         torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item())
     # main_ibot.py's centres: the mean [CLS] output and the mean over crops of each crop's mean patch output
-    torch.testing.assert_close(method.pending_center, t_cls.mean(0, keepdim=True))
-    torch.testing.assert_close(method.pending_patch_center, t_patch.mean(1).mean(0, keepdim=True))
+    torch.testing.assert_close(method.loss.pending_center, t_cls.mean(0, keepdim=True))
+    torch.testing.assert_close(method.patch_loss.pending_center, t_patch.mean(1).mean(0, keepdim=True))
 
     # the order this replaces (separate head passes over [CLS] tokens and patches) gives another loss
     with torch.no_grad():

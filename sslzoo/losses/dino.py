@@ -4,9 +4,10 @@
     L   = mean over pairs (t global view, s any view, t != s) of  H(P_t, P_s)
     C  <- m * C + (1 - m) * mean over the batch of g_t(x)
 
-Unlike lightly's ``DINOLoss``, the centre is not updated inside ``forward``:
-``batch_center`` computes (and all-reduces) the teacher mean and the method
-applies ``update_center`` once per optimizer step, which stays correct under
+The teacher side (centring, sharpening and the centre C) is ``TeacherCentre``,
+which iBOT's patch loss shares. Unlike lightly's ``DINOLoss``, the centre is not
+updated inside ``forward``: ``observe`` computes (and all-reduces) the teacher
+mean and ``commit`` applies it once per optimizer step, which stays correct under
 gradient accumulation and lets every rank call the all-reduce at the same point.
 """
 
@@ -18,15 +19,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class DINOLoss(nn.Module):
+class TeacherCentre(nn.Module):
+    """The centre C of the teacher's outputs, the centred and sharpened P_t, and C's update once per step."""
+
     def __init__(self, out_dim: int, center_momentum: float) -> None:
         super().__init__()
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.pending_center: Tensor | None = None  # this step's batch mean, committed after the optimizer step
 
     def teacher_probs(self, teacher_out: Tensor, teacher_temp: float) -> Tensor:
         """Centred and sharpened teacher distribution P_t (in fp32)."""
         return F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def batch_center(self, teacher_out: Tensor) -> Tensor:
+        """Mean teacher output over the global batch (all-reduced across processes)."""
+        total = teacher_out.float().sum(dim=0, keepdim=True)
+        count = torch.tensor(float(len(teacher_out)), device=total.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        return total / count
+
+    @torch.no_grad()
+    def update_center(self, batch_center: Tensor) -> None:
+        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+
+    def observe(self, teacher_out: Tensor) -> None:
+        """Keep this step's batch mean (B, K) of the teacher; ``commit`` applies it after the optimizer step."""
+        self.pending_center = self.batch_center(teacher_out)
+
+    def commit(self) -> None:
+        """C <- m C + (1 - m) mean(t), once per optimizer step (nothing if no step was observed)."""
+        if self.pending_center is not None:
+            self.update_center(self.pending_center)
+            self.pending_center = None
+
+
+class DINOLoss(TeacherCentre):
+    """H(P_t, P_s) over pairs of different views, with the [CLS] centre C."""
 
     def forward(
         self, student_out: list[Tensor], teacher_out: list[Tensor], student_temp: float, teacher_temp: float
@@ -46,20 +78,6 @@ class DINOLoss(nn.Module):
                 total = total + torch.sum(-target * log_prob, dim=-1).mean()
                 pairs += 1
         return total / pairs
-
-    @torch.no_grad()
-    def batch_center(self, teacher_out: Tensor) -> Tensor:
-        """Mean teacher output over the global batch (all-reduced across processes)."""
-        total = teacher_out.float().sum(dim=0, keepdim=True)
-        count = torch.tensor(float(len(teacher_out)), device=total.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-        return total / count
-
-    @torch.no_grad()
-    def update_center(self, batch_center: Tensor) -> None:
-        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
 
 
 @torch.no_grad()

@@ -8,9 +8,9 @@ For each global crop, at its masked patches i (m_i = 1):
 
 The teacher sees the unmasked crop u, the student the masked u_hat of the same
 crop. Crops without masked patches count as 0 in the mean (main_ibot.py).
-The [CLS] term is DINO's loss (``sslzoo.losses.dino.DINOLoss``); this loss reuses
-its centring and sharpening with its own centre C' and temperature tau_t', and,
-as there, the centre is updated once per optimizer step by the method.
+The [CLS] term is DINO's loss (``sslzoo.losses.dino.DINOLoss``); this loss shares
+its teacher side (``TeacherCentre``: centring, sharpening, the centre committed once
+per optimizer step) with its own centre C' and temperature tau_t'.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslzoo.losses.dino import DINOLoss
+from sslzoo.losses.dino import TeacherCentre
 
 
-class MaskedPatchLoss(DINOLoss):
+class MaskedPatchLoss(TeacherCentre):
     """Patch-level self-distillation at the masked positions of the same crop, with its own centre."""
 
     def forward(

@@ -13,8 +13,6 @@ for x in loader:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor
 
 from sslzoo.backbones import Backbone
@@ -22,28 +20,15 @@ from sslzoo.config import Config as RunConfig
 from sslzoo.heads import dino_head
 from sslzoo.losses.dino import DINOLoss, distillation_terms
 from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.distillation import DistillationConfig, SelfDistillation
 from sslzoo.multicrop import Encoder
-from sslzoo.schedules import Clock, cosine, linear_warmup
+from sslzoo.schedules import Clock
 from sslzoo.target import EMATarget
 
 
 @METHODS.register("dino")
 class DINO(Method):
-    @dataclass
-    class Config:
-        name: str
-        out_dim: int  # K, prototypes of the head's last layer
-        hidden_dim: int
-        bottleneck_dim: int
-        norm_last_layer: bool
-        use_bn_in_head: bool
-        student_temp: float  # tau_s
-        teacher_temp: float  # tau_t after warm-up
-        warmup_teacher_temp: float  # tau_t at step 0
-        warmup_teacher_temp_epochs: float
-        center_momentum: float  # c
-        momentum_teacher: float  # m at step 0, cosine to 1
-        freeze_last_layer_epochs: float
+    Config = DistillationConfig
 
     card = MethodCard(
         family="self-distillation",
@@ -60,8 +45,8 @@ class DINO(Method):
         super().__init__(cfg)
         self.student = self.encoder()
         self.teacher = EMATarget(self.student, self.encoder(drop_path=0.0))  # no stochastic depth in the teacher
-        self.loss = DINOLoss(self.hp.out_dim, self.hp.center_momentum)
-        self.pending_center: Tensor | None = None
+        self.loss = DINOLoss(self.hp.out_dim, self.hp.center_momentum)  # with the centre C
+        self.distillation = SelfDistillation(self.hp, self.student, self.teacher, [self.loss])
 
     def encoder(self, drop_path: float | None = None) -> Encoder:
         hp = self.hp
@@ -73,46 +58,30 @@ class DINO(Method):
             ),
         )
 
-    def teacher_temp(self, clock: Clock) -> float:
-        hp = self.hp
-        return linear_warmup(
-            clock.step, clock.steps(hp.warmup_teacher_temp_epochs), hp.warmup_teacher_temp, hp.teacher_temp
-        )
-
-    def momentum(self, clock: Clock) -> float:
-        return cosine(clock.step, clock.total_steps, self.hp.momentum_teacher, 1.0)
-
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
-        tau_s, tau_t = self.hp.student_temp, self.teacher_temp(clock)
+        tau_s, tau_t = self.hp.student_temp, self.distillation.teacher_temp(clock)
         t, _ = self.teacher(views[: self.num_global])  # the teacher sees the global views only
         s, features = self.student(views)
         loss = self.loss(s.chunk(len(views)), t.chunk(self.num_global), tau_s, tau_t)
-        self.pending_center = self.loss.batch_center(t)  # applied after the optimizer step
+        self.loss.observe(t)  # C is updated after the optimizer step
         batch = len(views[0])
         terms = distillation_terms(s[:batch], self.loss.teacher_probs(t[:batch], tau_t), tau_s)
         return StepOutput(
             loss,
-            {"teacher_temp": tau_t, "momentum": self.momentum(clock), **terms},
+            {"teacher_temp": tau_t, "momentum": self.distillation.momentum(clock), **terms},
             embeddings=s[:batch].detach(),
             features=features[:batch].detach(),
         )
 
     def before_optimizer_step(self, clock: Clock) -> None:
-        # Freeze the prototypes during the first epoch(s) by dropping their
-        # gradients, so the optimizer skips them (main_dino.py cancel_gradients_last_layer).
-        if clock.step < clock.steps(self.hp.freeze_last_layer_epochs):
-            for param in self.prototypes():
-                param.grad = None
+        self.distillation.freeze_prototypes(self.prototypes(), clock)
 
     def prototypes(self) -> list[Tensor]:
         """Parameters of the head's prototype (last) layer(s), frozen during the first epoch(s)."""
         return list(self.student.head.last_layer.parameters())
 
     def after_optimizer_step(self, clock: Clock) -> None:
-        self.teacher.update(self.student, self.momentum(clock))
-        if self.pending_center is not None:
-            self.loss.update_center(self.pending_center)
-            self.pending_center = None
+        self.distillation.after_optimizer_step(clock)  # gt = m * gt + (1 - m) * gs; C = c * C + (1 - c) * mean(t)
 
     def eval_backbone(self) -> Backbone:
         return self.teacher.net.backbone  # DINO evaluates the teacher

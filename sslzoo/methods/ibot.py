@@ -30,16 +30,17 @@ import torch
 from lightly.models.modules.heads import DINOProjectionHead
 from torch import Tensor, nn
 
-from sslzoo.backbones import MODELS
+from sslzoo.backbones import MODELS, Backbone
 from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
-from sslzoo.losses.dino import distillation_terms
+from sslzoo.losses.dino import DINOLoss, distillation_terms
 from sslzoo.losses.ibot import MaskedPatchLoss
 from sslzoo.masking import BlockMasking
-from sslzoo.methods.base import METHODS, MethodCard, StepOutput
-from sslzoo.methods.dino import DINO
+from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.distillation import DistillationConfig, SelfDistillation
 from sslzoo.multicrop import Encoder
-from sslzoo.schedules import Clock, linear_warmup
+from sslzoo.schedules import Clock
+from sslzoo.target import EMATarget
 
 
 class IBOTHead(DINOProjectionHead):
@@ -94,9 +95,9 @@ class IBOTHead(DINOProjectionHead):
 
 
 @METHODS.register("ibot")
-class IBOT(DINO):
+class IBOT(Method):
     @dataclass
-    class Config(DINO.Config):
+    class Config(DistillationConfig):  # DINO's keys, then the masked modelling's
         shared_head: bool  # one prototype layer for [CLS] and patch tokens
         teacher_patch_temp: float  # tau_t' after warm-up (over warmup_teacher_temp_epochs, as tau_t)
         warmup_teacher_patch_temp: float  # tau_t' at step 0
@@ -118,12 +119,16 @@ class IBOT(DINO):
         anti_collapse="centring + sharpening, with separate centres and temperatures for [CLS] and patches",
         crops="2 global (block-masked for the student) + M local (never masked); teacher sees unmasked globals",
     )
+    supports_local_crops = True
 
     def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)  # DINO's student, teacher and [CLS] loss
+        super().__init__(cfg)
         hp = self.hp
-        self.patch_loss = MaskedPatchLoss(hp.out_dim, hp.center_momentum_patch)
-        self.pending_patch_center: Tensor | None = None
+        self.student = self.encoder()
+        self.teacher = EMATarget(self.student, self.encoder(drop_path=0.0))  # no stochastic depth in the teacher
+        self.loss = DINOLoss(hp.out_dim, hp.center_momentum)  # L_[CLS], with the centre C
+        self.patch_loss = MaskedPatchLoss(hp.out_dim, hp.center_momentum_patch)  # L_MIM, with the centre C'
+        self.distillation = SelfDistillation(hp, self.student, self.teacher, [self.loss, self.patch_loss])
         # e_[MASK], zero-initialised as ibot's masked_embed; the teacher has none.
         self.mask_token = nn.Parameter(torch.zeros(1, self.student.backbone.embed_dim))
         self.masking = BlockMasking(
@@ -159,10 +164,7 @@ class IBOT(DINO):
         return Encoder(backbone, head)
 
     def teacher_patch_temp(self, clock: Clock) -> float:
-        hp = self.hp
-        return linear_warmup(
-            clock.step, clock.steps(hp.warmup_teacher_temp_epochs), hp.warmup_teacher_patch_temp, hp.teacher_patch_temp
-        )
+        return self.distillation.temperature(clock, self.hp.warmup_teacher_patch_temp, self.hp.teacher_patch_temp)
 
     def block_masks(self, crops: Tensor) -> Tensor:
         """One block mask (B, H, W) per crop, drawn from the torch RNG (restored on resume)."""
@@ -171,7 +173,7 @@ class IBOT(DINO):
 
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         hp, n_global = self.hp, self.num_global
-        tau_s, tau_t, tau_tp = hp.student_temp, self.teacher_temp(clock), self.teacher_patch_temp(clock)
+        tau_s, tau_t, tau_tp = hp.student_temp, self.distillation.teacher_temp(clock), self.teacher_patch_temp(clock)
         student, teacher = self.student, self.teacher.net
         u = torch.cat(views[:n_global])  # the global crops as one batch
         m = self.block_masks(u)
@@ -186,8 +188,8 @@ class IBOT(DINO):
 
         loss_cls = self.loss(s_cls.chunk(len(views)), t_cls.chunk(n_global), tau_s, tau_t)
         loss_patch = self.patch_loss(s_patch, t_patch, m, tau_s, tau_tp)
-        self.pending_center = self.loss.batch_center(t_cls)  # both applied after the optimizer step
-        self.pending_patch_center = self.patch_loss.batch_center(t_patch.flatten(0, 1))
+        self.loss.observe(t_cls)  # C and C' are updated after the optimizer step
+        self.patch_loss.observe(t_patch.flatten(0, 1))
 
         batch = len(views[0])
         terms = distillation_terms(s_cls[:batch], self.loss.teacher_probs(t_cls[:batch], tau_t), tau_s)
@@ -196,7 +198,7 @@ class IBOT(DINO):
             "loss_patch": loss_patch.item(),
             "teacher_temp": tau_t,
             "teacher_patch_temp": tau_tp,
-            "momentum": self.momentum(clock),
+            "momentum": self.distillation.momentum(clock),
             "mask_ratio": m.float().mean().item(),
             **terms,
         }
@@ -207,14 +209,17 @@ class IBOT(DINO):
             features=s_tokens[:batch, 0].detach(),  # the student's (possibly masked) first crop, as DINO's
         )
 
+    def before_optimizer_step(self, clock: Clock) -> None:
+        self.distillation.freeze_prototypes(self.prototypes(), clock)
+
     def prototypes(self) -> list[Tensor]:
         """Both prototype layers are frozen at the start (main_ibot.py cancels every "last_layer*")."""
         head = self.student.head
         patch = [] if head.patch_layer is None else list(head.patch_layer.parameters())
-        return super().prototypes() + patch
+        return list(head.last_layer.parameters()) + patch
 
     def after_optimizer_step(self, clock: Clock) -> None:
-        super().after_optimizer_step(clock)  # EMA teacher and the [CLS] centre C
-        if self.pending_patch_center is not None:
-            self.patch_loss.update_center(self.pending_patch_center)
-            self.pending_patch_center = None
+        self.distillation.after_optimizer_step(clock)  # gt = m gt + (1 - m) gs; C and C' = their EMAs of mean(t)
+
+    def eval_backbone(self) -> Backbone:
+        return self.teacher.net.backbone  # iBOT evaluates the teacher, as DINO
