@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_viz import error_of  # one-line-error helper shared with the viz tests
 
 from sslzoo.backbones import build_model
 from sslzoo.viz.__main__ import main
@@ -72,15 +73,6 @@ def test_embeddings_of_a_picture_folder(lab: dict[str, Path], tmp_path: Path) ->
         + [f"out={out}"]
     )
     assert is_png(out)
-
-
-def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    return err
 
 
 def test_bad_input_is_one_line(lab: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
