@@ -165,13 +165,12 @@ class CropsAndParams:
             if torch.rand(1, generator=generator) < self.aug.flip_p:
                 crop = TF.horizontal_flip(crop)
             crops.append(crop)
-            aug = self.aug
             params.append(
                 draw_params(
                     self.jitter,
-                    aug.jitter_p,
+                    self.aug.jitter_p,
                     self.grayscale_p,
-                    tuple(aug.blur_sigma),
+                    tuple(self.aug.blur_sigma),
                     spec.blur_p,
                     spec.solarize_p,
                     generator,
