@@ -112,6 +112,14 @@ def test_vit_probe_features_are_dinos() -> None:
         assert torch.allclose(with_avg, torch.cat([cls[-1], vit.norm(tokens)[:, 1:].mean(1)], dim=1), atol=1e-5)
 
 
+def test_vit_probe_features_of_a_vit_shallower_than_its_rule_take_every_block() -> None:
+    vit = build_model("vit_convstem_micro_28", in_chans=1).eval()  # 2 blocks; the "*" rule asks for 4
+    encoder = ViTProbeFeatures(vit, 4, False)
+    with torch.no_grad():
+        _, probe = encoder(torch.randn(2, 1, 28, 28))
+    assert encoder.n_last_blocks == 2 and probe.shape == (2, 2 * vit.embed_dim)
+
+
 def test_vit_feature_rule_by_backbone() -> None:
     linear = load_protocol().linear
     base = linear.vit_rule("vit_base_patch16_224")

@@ -65,14 +65,15 @@ def eval_split(cfg: DataConfig, split: str, limit: int | None = None, transform=
 class ViTProbeFeatures(nn.Module):
     """(pooled output, linear-probe features) of a timm ViT.
 
-    The probe features are the [CLS] tokens of the last ``n_last_blocks`` blocks,
-    each after the final norm, concatenated; with ``avgpool_patchtokens`` the
-    average of the last block's patch tokens is appended (DINO eval_linear.py).
+    The probe features are the [CLS] tokens of the last ``n_last_blocks`` blocks (all of them
+    in a shallower ViT), each after the final norm, concatenated; with ``avgpool_patchtokens``
+    the average of the last block's patch tokens is appended (DINO eval_linear.py).
     """
 
     def __init__(self, vit: VisionTransformer, n_last_blocks: int, avgpool_patchtokens: bool) -> None:
         super().__init__()
-        self.vit, self.n_last_blocks, self.avgpool = vit, n_last_blocks, avgpool_patchtokens
+        self.vit, self.avgpool = vit, avgpool_patchtokens
+        self.n_last_blocks = min(n_last_blocks, len(vit.blocks))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         final, blocks = self.vit.forward_intermediates(
