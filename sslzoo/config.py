@@ -1,7 +1,8 @@
 """Recipes: YAML files of hyperparameters, validated into typed dataclasses.
 
 A run's config is ``sslzoo/defaults.yaml`` (shared keys), then the recipe
-(optionally ``inherit:``-ing another recipe), then dotted command-line
+(optionally ``inherit:``-ing another recipe; a section may start from a preset,
+``augment: {preset: dino}`` for ``recipes/augment/dino.yaml``), then dotted command-line
 overrides such as ``optim.lr=1e-3``. The shared sections are typed here; the
 ``method`` section is typed by the method's own ``Config`` dataclass, which
 the caller passes in (``sslzoo.recipes`` looks it up in the method registry,
@@ -29,7 +30,7 @@ from sslzoo.errors import require as need
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULTS_FILE = PACKAGE_DIR / "defaults.yaml"
 RECIPES_DIR = PACKAGE_DIR.parent / "recipes"
-YAML11_WORDS = {"on", "off", "yes", "no", "y", "n"}
+PRESET_KEY = "preset"  # ``augment: {preset: dino}`` takes recipes/augment/dino.yaml
 
 
 @dataclass
@@ -173,33 +174,33 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+def expand_presets(data: dict, path: Path) -> dict:
+    """Each section's ``preset: NAME`` replaced by ``recipes/<section>/NAME.yaml``, the file's own keys on top."""
+    out = dict(data)
+    for section, value in data.items():
+        if not isinstance(value, dict) or PRESET_KEY not in value:
+            continue
+        own = {k: v for k, v in value.items() if k != PRESET_KEY}
+        name = str(value[PRESET_KEY])
+        preset = RECIPES_DIR / section / f"{name}.yaml"
+        if not preset.is_file():
+            names = sorted(p.stem for p in (RECIPES_DIR / section).glob("*.yaml"))
+            choices = f"choose one of {', '.join(names)}" if names else f"there are no {section} presets"
+            raise UserError(f"{path}: {section}.{PRESET_KEY}={name} is not in recipes/{section}/; {choices}")
+        out[section] = merge(read_yaml(preset), own)
+    return out
+
+
 def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> dict:
-    """The recipe merged over its ``inherit:`` chain (without the defaults)."""
+    """The recipe, its presets expanded, merged over its ``inherit:`` chain (without the defaults)."""
     path = recipe_path(recipe)
     if str(path) in _seen:
         raise UserError(f"recipe {path} inherits from itself")
-    data = read_yaml(path)
+    data = expand_presets(read_yaml(path), path)
     parent = data.pop("inherit", None)
     if parent is None:
         return data
     return merge(load_recipe(str(parent), (*_seen, str(path))), data)
-
-
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` with YAML-typed values."""
-    overrides: dict[str, Any] = {}
-    for arg in args:
-        key, sep, text = arg.partition("=")
-        if not sep or not key:
-            raise UserError(f"cannot read argument '{arg}': write overrides as key=value")
-        if text.lower() in YAML11_WORDS:  # keep on/off/yes/no as words (logger.wandb=off)
-            overrides[key] = text
-            continue
-        try:
-            overrides[key] = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            overrides[key] = text
-    return overrides
 
 
 def set_dotted(tree: dict, key: str, value: Any, valid: list[str]) -> None:

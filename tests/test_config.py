@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sslzoo.config import available_recipes, parse_overrides, to_yaml
+from sslzoo.config import RECIPES_DIR, available_recipes, parse_overrides, to_yaml
 from sslzoo.errors import UserError
 from sslzoo.recipes import load_config
 
@@ -61,3 +61,61 @@ def test_broken_yaml_names_file_and_line(tmp_path):
     path.write_text("method:\n  name: dino\n  out_dim: [1, 2\n")
     with pytest.raises(UserError, match=r"broken.yaml:\d+"):
         load_config(str(path))
+
+
+def write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_preset_fills_its_section_under_the_recipes_own_keys(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "inherit: dino_vits16\naugment:\n  preset: byol\n  global_scale: [0.3, 1.0]\n")
+    aug = load_config(recipe).augment
+    assert aug.local_crops == 0 and aug.blur_p == [1.0, 0.1]  # from recipes/augment/byol.yaml, over the parent's
+    assert aug.global_scale == [0.3, 1.0]  # the file's own key wins over its preset
+    assert load_config("dino_vits16").augment.local_crops == 8  # recipes/augment/dino.yaml
+
+
+def test_a_child_overrides_only_the_keys_it_lists(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "inherit: dino_fmnist\naugment:\n  local_crops: 2\n")
+    child, parent = load_config(recipe), load_config("dino_fmnist")
+    assert child.augment.local_crops == 2
+    assert {**vars(child.augment), "local_crops": 4} == vars(parent.augment)
+
+
+def test_an_unknown_preset_is_refused_in_one_line(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "inherit: dino_fmnist\naugment:\n  preset: dinoo\n")
+    with pytest.raises(UserError, match=r"augment.preset=dinoo .*choose one of byol, dino, simclr") as err:
+        load_config(recipe)
+    assert "\n" not in str(err.value)
+
+
+def comments(path) -> dict[str, str]:
+    """``section.key`` -> the comment on its line, for every two-level key of a recipe."""
+    found, section = {}, ""
+    for line in path.read_text().splitlines():
+        name, _, comment = line.partition("#")
+        key = name.split(":")[0].strip()
+        if line and not line[0].isspace() and ":" in name:
+            section = key
+        elif key:
+            found[f"{section}.{key}"] = comment
+    return found
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+@pytest.mark.parametrize("recipe", [name for name in available_recipes() if name.endswith("_fmnist")])
+def test_each_cpu_recipe_inherits_its_imagenet_parent_and_lists_only_changes(recipe):
+    own = yaml.safe_load((RECIPES_DIR / f"{recipe}.yaml").read_text())
+    parent = own.pop("inherit")
+    assert not parent.endswith("_fmnist") and load_config(parent).method.name == load_config(recipe).method.name
+    parent_values = leaves(yaml.safe_load(to_yaml(load_config(parent))))
+    repeated = {key for key, value in leaves(own).items() if parent_values.get(key) == value}
+    why = comments(RECIPES_DIR / f"{recipe}.yaml")
+    assert all("CPU budget" in why[key] or "%" in why[key] for key in repeated)  # a measured or budget choice
