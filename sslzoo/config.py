@@ -30,6 +30,7 @@ from sslzoo.errors import require as need
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULTS_FILE = PACKAGE_DIR / "defaults.yaml"
 RECIPES_DIR = PACKAGE_DIR.parent / "recipes"
+YAML11_WORDS = {"on", "off", "yes", "no", "y", "n"}
 PRESET_KEY = "preset"  # ``augment: {preset: dino}`` takes recipes/augment/dino.yaml
 
 
@@ -201,6 +202,23 @@ def load_recipe(recipe: str, _seen: tuple[str, ...] = ()) -> dict:
     if parent is None:
         return data
     return merge(load_recipe(str(parent), (*_seen, str(path))), data)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` with YAML-typed values."""
+    overrides: dict[str, Any] = {}
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        if not sep or not key:
+            raise UserError(f"cannot read argument '{arg}': write overrides as key=value")
+        if text.lower() in YAML11_WORDS:  # keep on/off/yes/no as words (logger.wandb=off)
+            overrides[key] = text
+            continue
+        try:
+            overrides[key] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            overrides[key] = text
+    return overrides
 
 
 def set_dotted(tree: dict, key: str, value: Any, valid: list[str]) -> None:
