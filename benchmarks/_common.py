@@ -120,7 +120,8 @@ def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretr
     with every evaluation snapshot that config asks for."""
     import yaml
 
-    from sslzoo.config import to_yaml
+    from sslzoo.cli import attached_callbacks
+    from sslzoo.metrics_log import saved_config
     from sslzoo.recipes import load_config
     from sslzoo.rundir import RunDir
 
@@ -129,7 +130,7 @@ def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretr
     if previous is None or not previous.ok or not run.backbone.is_file() or not run.config.is_file():
         return None
     wanted = load_config(recipe, {**overrides, "trainer.out_dir": str(run_dir)})
-    same = run.read_config() == yaml.safe_load(to_yaml(wanted))
+    same = run.read_config() == yaml.safe_load(saved_config(wanted, attached_callbacks(wanted)))
     return previous if same and snapshots_complete(run_dir, wanted.trainer.snapshot_every) else None
 
 

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sslzoo.config import available_recipes, parse_overrides
+from sslzoo.config import Config, available_recipes, parse_overrides
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.rundir import RunDir
+
+if TYPE_CHECKING:  # the callbacks import torch: not for --help
+    from sslzoo.callbacks import Callback
 
 USAGE = """usage: python train.py recipe=NAME_OR_PATH [key=value ...]
 
 Trains the recipe (recipes/NAME.yaml or a YAML path). Any recipe key can be
 overridden with a dotted key, e.g. optim.lr=1e-3 trainer.max_steps=100.
 Recipes: {recipes}"""
+
+
+def attached_callbacks(cfg: Config) -> list[Callback]:
+    """What a run of ``cfg`` attaches to the training loop: the online probe when ``trainer.online_probe``."""
+    from sslzoo.eval.online_probe import online_probe_callbacks
+
+    return online_probe_callbacks(cfg)
+
+
+def train(cfg: Config) -> Path:
+    """Train ``cfg`` to completion (or resume it), with its callbacks; returns the run folder."""
+    from sslzoo.trainer import Trainer
+
+    return Trainer(cfg, attached_callbacks(cfg)).fit()
 
 
 @cli_entry
@@ -28,7 +47,7 @@ def main(argv: list[str]) -> int:
 
     cfg = load_config(str(recipe), overrides)
 
-    from sslzoo.trainer import Stopped, train  # torch-heavy imports after the config is known good
+    from sslzoo.runtime import Stopped  # torch-heavy imports after the config is known good
 
     try:
         out_dir = train(cfg)

@@ -133,3 +133,23 @@ def test_dino_and_ibot_compose_their_self_distillation():
     assert not issubclass(ibot, dino)
     assert not issubclass(MaskedPatchLoss, DINOLoss) and issubclass(MaskedPatchLoss, TeacherCentre)
     assert "forward" not in vars(TeacherCentre)  # the shared teacher side has no loss signature to change
+
+
+def imported_by(graph: dict[str, set[str]], module: str) -> set[str]:
+    """Every module ``module`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def test_training_imports_no_evaluation():
+    """The online probe is a callback the entry point attaches: the loop reaches no evaluation code."""
+    graph = import_graph()
+    assert f"{PACKAGE}.eval.online_probe" in imported_by(graph, f"{PACKAGE}.cli")  # the check would see it
+    reached = imported_by(graph, f"{PACKAGE}.trainer")
+    assert {f"{PACKAGE}.runtime", f"{PACKAGE}.metrics_log", f"{PACKAGE}.callbacks"} <= reached
+    assert sorted(m for m in reached if m.startswith(f"{PACKAGE}.eval")) == []

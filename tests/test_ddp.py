@@ -72,7 +72,7 @@ WORKER = """
 import json, sys
 from sslzoo.config import parse_overrides
 from sslzoo.recipes import load_config
-from sslzoo.trainer import train
+from sslzoo.cli import train
 for recipe, args in json.loads(sys.argv[1]):
     train(load_config(recipe, parse_overrides(args)))
 """
@@ -127,7 +127,7 @@ def initial_weights(recipe: str, tmp_path: Path) -> dict[str, torch.Tensor]:
     from sslzoo.config import parse_overrides
     from sslzoo.methods import method_class
     from sslzoo.recipes import load_config
-    from sslzoo.trainer import seed_everything
+    from sslzoo.runtime import seed_everything
 
     args = parse_overrides(overrides(recipe, tmp_path / "init", PER_RANK_BATCH)[1:])
     cfg = load_config(recipe, args)
@@ -142,9 +142,9 @@ def test_two_processes_match_one_process_on_the_global_batch(
 ) -> None:
     if recipe not in ddp_runs:
         pytest.skip(f"recipe {recipe} does not exist yet")
+    from sslzoo.cli import train
     from sslzoo.config import parse_overrides
     from sslzoo.recipes import load_config
-    from sslzoo.trainer import train
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

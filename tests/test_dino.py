@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sslzoo.backbones import build_model
+from sslzoo.cli import train
 from sslzoo.losses.dino import DINOLoss
 from sslzoo.methods import method_class
 from sslzoo.schedules import Clock
-from sslzoo.trainer import train
 
 
 def direct_dino_loss(student, teacher, center, tau_s, tau_t):

@@ -4,6 +4,7 @@ exact on resume) and the ``python -m sslzoo.eval`` command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -16,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from sslzoo.backbones import build_model
 from sslzoo.checkpoint import load_checkpoint
+from sslzoo.cli import attached_callbacks
 from sslzoo.errors import UserError
 from sslzoo.eval.__main__ import main as eval_main
 from sslzoo.eval.features import ViTProbeFeatures, feature_encoder
@@ -146,7 +148,7 @@ def test_protocol_refuses_bad_keys_and_values() -> None:
 def train_with_stop(cfg, stop_after: int | None = None) -> Trainer:
     """Train ``cfg``; with ``stop_after``, a SIGTERM arrives after that many steps (checkpoint, Stopped)."""
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, attached_callbacks(cfg))  # the online probe, as train.py attaches it
     if stop_after is not None:
         step = trainer.step
 
@@ -193,14 +195,17 @@ def test_online_probe_leaves_the_method_alone_and_resumes_exactly(tiny_config, t
     assert all(0.0 <= r["online_linear_top1"] <= 1.0 and r["online_linear_loss"] > 0 for r in records)
     plain_records = (tmp_path / "plain" / "metrics.jsonl").read_text()
     assert "online" not in plain_records
+    saved_config = yaml.safe_load((Path(probed.cfg.trainer.out_dir) / "config.yaml").read_text())
+    assert saved_config["callbacks"] == {"online_probe": dataclasses.asdict(load_protocol().online_probe)}
+    assert "callbacks" not in yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())
 
     resumed_cfg = {**steps, "trainer.online_probe": True, "trainer.out_dir": str(tmp_path / "resumed")}
     train_with_stop(tiny_config("dino_fmnist", **resumed_cfg), stop_after=2)
     saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
-    assert saved["step"] == 2 and saved["online_probe"] is not None
+    assert saved["step"] == 2 and set(saved["callbacks"]) == {"online_probe"}
     resumed = train_with_stop(tiny_config("dino_fmnist", **{**resumed_cfg, "resume": "auto"}))
     assert_same_tensors(resumed.method.state_dict(), probed.method.state_dict())
-    assert_same_tensors(resumed.probe.checkpoint(), probed.probe.checkpoint())
+    assert_same_tensors(resumed.callbacks[0].state_dict(), probed.callbacks[0].state_dict())
 
 
 # --------------------------------------------------------------------------- command line
@@ -208,8 +213,8 @@ def test_online_probe_leaves_the_method_alone_and_resumes_exactly(tiny_config, t
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sslzoo.cli import train
     from sslzoo.recipes import load_config
-    from sslzoo.trainer import train
 
     out = tmp_path_factory.mktemp("run")
     small = {"trainer.max_steps": 2, "data.batch_size": 16, "data.num_workers": 0, "trainer.device": "cpu"}

@@ -10,8 +10,9 @@ from sslzoo.backbones import Backbone
 from sslzoo.config import RECIPES_DIR
 from sslzoo.methods import method_class
 from sslzoo.recipes import load_config
+from sslzoo.runtime import channels_last_resnets
 from sslzoo.schedules import Clock
-from sslzoo.trainer import Trainer, channels_last_resnets
+from sslzoo.trainer import Trainer
 
 EXPECTED = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SMALL_DINO = {"method.out_dim": 256, "method.hidden_dim": 256, "method.bottleneck_dim": 64, "data.batch_size": 8}

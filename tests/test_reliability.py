@@ -28,7 +28,8 @@ from sslzoo.checkpoint import FORMAT, atomic_save, load_checkpoint
 from sslzoo.data import FMNIST_SYSTEM_DIR, read_idx
 from sslzoo.errors import UserError
 from sslzoo.methods import method_class
-from sslzoo.trainer import MetricsLog, NonFiniteLoss, Trainer
+from sslzoo.metrics_log import MetricsLog, NonFiniteLoss
+from sslzoo.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = 40
@@ -299,7 +300,8 @@ def test_skip_option_skips_only_the_non_finite_step(recipe: str, tiny_config, mo
     trainer.fit()
     changed = [any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip([before, *snapshots], snapshots)]
     assert changed == [True, False, True]  # the skipped step left every weight, buffer and the teacher alone
-    assert trainer.skipped_steps == 1 and checkpoint(Path(cfg.trainer.out_dir), cfg.method.name)["skipped_steps"] == 1
+    assert trainer.nonfinite.skipped == 1
+    assert checkpoint(Path(cfg.trainer.out_dir), cfg.method.name)["skipped_steps"] == 1
     rows = records(Path(cfg.trainer.out_dir))
     assert [row["step"] for row in rows] == [1, 2, 3] and rows[1]["skipped"] and np.isnan(rows[1]["loss"])
     assert "loss is nan at step 2; step skipped" in capsys.readouterr().out

@@ -12,13 +12,13 @@ from torch import Tensor, nn
 
 from sslzoo.backbones import build_model
 from sslzoo.checkpoint import load_checkpoint
+from sslzoo.cli import train
 from sslzoo.errors import UserError
 from sslzoo.losses.ntxent import NTXentLoss
 from sslzoo.methods import method_class
 from sslzoo.optim import scaled_lr
 from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
-from sslzoo.trainer import train
 
 
 def paper_nt_xent(z_a: Tensor, z_b: Tensor, tau: float) -> tuple[Tensor, float]:

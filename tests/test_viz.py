@@ -77,7 +77,7 @@ def test_mass_mask_is_minimal_on_random_maps() -> None:
 
 @pytest.fixture
 def tiny_run(tiny_config: Callable[..., Config]) -> Path:
-    from sslzoo.trainer import train
+    from sslzoo.cli import train
 
     return train(tiny_config("dino_fmnist"))
 
@@ -106,7 +106,7 @@ def test_each_command_writes_a_png_from_a_tiny_run(
 
 
 def test_the_loop_logs_the_collapse_diagnostics_the_figures_plot(tiny_config: Callable[..., Config]) -> None:
-    from sslzoo.trainer import train
+    from sslzoo.cli import train
 
     records = Run.open(train(tiny_config("byol_fmnist"))).metrics
     assert [r["step"] for r in records] == [1, 2, 3]

@@ -12,6 +12,8 @@ comparable with the offline linear probe of ``python -m sslzoo.eval linear``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -23,7 +25,7 @@ from sslzoo.distributed import is_distributed, world_size
 from sslzoo.errors import UserError
 from sslzoo.eval.linear import linear_classifier
 from sslzoo.eval.protocol import OnlineProbeProtocol, load_protocol
-from sslzoo.methods.base import Method
+from sslzoo.methods.base import Method, StepOutput
 
 
 class OnlineProbe(nn.Module):
@@ -72,16 +74,40 @@ class OnlineProbe(nn.Module):
             return {}
         return {"online_linear_top1": correct / seen, "online_linear_loss": loss_sum / seen}
 
-    def checkpoint(self) -> dict:
-        return {"probe": self.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def restore(self, state: dict) -> None:
-        self.load_state_dict(state["probe"])
-        self.optimizer.load_state_dict(state["optimizer"])
+class OnlineProbeCallback:
+    """The probe as a trainer callback (``sslzoo.trainer.Callback``): built once the method is, stepped
+    after each optimizer step, read at each log step, checkpointed with the run; its settings (protocol.yaml's
+    ``online_probe``) go into the run's config.yaml."""
+
+    name = "online_probe"
+
+    def __init__(self, protocol: OnlineProbeProtocol, num_classes: int) -> None:
+        self.protocol = protocol
+        self.num_classes = num_classes
+        self.settings = dataclasses.asdict(protocol)
+        self.probe: OnlineProbe | None = None
+
+    def attach(self, method: Method, device: torch.device) -> None:
+        self.probe = OnlineProbe(method.eval_backbone().embed_dim, self.num_classes, self.protocol, device)
+
+    def on_step(self, out: StepOutput, labels: Tensor) -> None:
+        self.probe.update(out.features, labels)  # its own optimizer, on detached features
+
+    def on_log(self) -> dict[str, float]:
+        return self.probe.read()
+
+    def state_dict(self) -> dict:
+        return {"probe": self.probe.state_dict(), "optimizer": self.probe.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.probe.load_state_dict(state["probe"])
+        self.probe.optimizer.load_state_dict(state["optimizer"])
 
 
-def build_online_probe(cfg: Config, method: Method, device: torch.device) -> OnlineProbe:
-    """The probe for a run (``trainer.online_probe``): sized by the method's evaluated backbone
-    and the dataset's classes, with the hyperparameters of protocol.yaml's ``online_probe``."""
-    dim = method.eval_backbone().embed_dim
-    return OnlineProbe(dim, data_info(cfg.data).num_classes, load_protocol().online_probe, device)
+def online_probe_callbacks(cfg: Config) -> list[OnlineProbeCallback]:
+    """What ``trainer.online_probe`` attaches to a run of ``cfg``: the probe, sized by the dataset's classes,
+    with the hyperparameters of protocol.yaml's ``online_probe``; nothing when it is off."""
+    if not cfg.trainer.online_probe:
+        return []
+    return [OnlineProbeCallback(load_protocol().online_probe, data_info(cfg.data).num_classes)]
