@@ -129,7 +129,7 @@ def experiments() -> list[Experiment]:
             "byol_fmnist",
             "target = online (momentum 0, stop-gradient only)",
             # constant momentum 0: the target copies the online network
-            {"method.momentum_base": 0.0, "method.momentum_cosine": False},
+            {"method.momentum": 0.0, "method.momentum_cosine": False},
             BYOL_STEPS,
             reference,
         ),

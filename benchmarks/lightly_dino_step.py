@@ -42,7 +42,7 @@ class LightlyDINO(nn.Module):
         hp = cfg.method
         head = dict(
             input_dim=input_dim,
-            hidden_dim=hp.hidden_dim,
+            hidden_dim=hp.proj_hidden_dim,
             bottleneck_dim=hp.bottleneck_dim,
             output_dim=hp.out_dim,
             norm_last_layer=hp.norm_last_layer,
@@ -79,7 +79,7 @@ class LightlyDINOStep:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, fused=device.type == "cuda")
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.device, self.dtype = device, dtype
-        self.momentum_start, self.epochs = hp.momentum_teacher, cfg.trainer.epochs
+        self.momentum_start, self.epochs = hp.momentum, cfg.trainer.epochs
         self.num_global = cfg.augment.global_crops
 
     def autocast(self):

@@ -32,6 +32,11 @@ DEFAULTS_FILE = PACKAGE_DIR / "defaults.yaml"
 RECIPES_DIR = PACKAGE_DIR.parent / "recipes"
 YAML11_WORDS = {"on", "off", "yes", "no", "y", "n"}
 PRESET_KEY = "preset"  # ``augment: {preset: dino}`` takes recipes/augment/dino.yaml
+RENAMED = {  # old dotted key -> its name now: one name per concept across methods
+    "method.momentum_teacher": "method.momentum",  # DINO, iBOT: the EMA momentum m (cosine to 1)
+    "method.momentum_base": "method.momentum",  # BYOL, MoCo v3: the same m
+    "method.hidden_dim": "method.proj_hidden_dim",  # DINO, iBOT, SimCLR: the projection head width
+}
 
 
 @dataclass
@@ -235,6 +240,8 @@ def set_dotted(tree: dict, key: str, value: Any, valid: list[str]) -> None:
 
 
 def unknown_key_message(key: str, valid: list[str]) -> str:
+    if key in RENAMED:
+        return f"{key} was renamed {RENAMED[key]}; write {RENAMED[key]} in the recipe, override or saved config"
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{near[0]}'?" if near else ""
     return f"unknown key '{key}'{hint}"

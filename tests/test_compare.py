@@ -220,7 +220,7 @@ def test_snapshots_keep_the_evaluated_backbone_and_the_training_time(tiny_config
     monkeypatch.setattr(torch, "save", slow_save)
     small = {
         "method.out_dim": 256,
-        "method.hidden_dim": 256,
+        "method.proj_hidden_dim": 256,
         "trainer.checkpoint_every": 1,
         "trainer.snapshot_every": 2,
     }

@@ -21,7 +21,7 @@ TINY = {
     "model.drop_path": 0.0,
     "augment.local_crops": 0,
     "method.out_dim": 256,
-    "method.hidden_dim": 256,
+    "method.proj_hidden_dim": 256,
     "method.bottleneck_dim": 64,
     "data.batch_size": 8,
     "method.use_bn_in_head": False,  # main_dino.py's head (BN adds more first-step gradients at rounding level)

@@ -7,7 +7,7 @@ import yaml
 
 from sslzoo.config import RECIPES_DIR, available_recipes, parse_overrides, to_yaml
 from sslzoo.errors import UserError
-from sslzoo.recipes import load_config
+from sslzoo.recipes import load_config, validate_run
 
 
 def test_every_recipe_loads_and_has_the_interface_keys():
@@ -119,3 +119,28 @@ def test_each_cpu_recipe_inherits_its_imagenet_parent_and_lists_only_changes(rec
     repeated = {key for key, value in leaves(own).items() if parent_values.get(key) == value}
     why = comments(RECIPES_DIR / f"{recipe}.yaml")
     assert all("CPU budget" in why[key] or "%" in why[key] for key in repeated)  # a measured or budget choice
+
+
+@pytest.mark.parametrize(
+    ("recipe", "old", "new"),
+    [
+        ("dino_fmnist", "method.momentum_teacher", "method.momentum"),
+        ("byol_fmnist", "method.momentum_base", "method.momentum"),
+        ("mocov3_fmnist", "method.momentum_base", "method.momentum"),
+        ("simclr_fmnist", "method.hidden_dim", "method.proj_hidden_dim"),
+        ("ibot_fmnist", "method.hidden_dim", "method.proj_hidden_dim"),
+    ],
+)
+def test_a_renamed_key_names_its_new_name_in_one_line(tmp_path, recipe, old, new):
+    message = f"{old} was renamed {new};"
+    with pytest.raises(UserError, match=message) as err:  # a command-line override
+        load_config(recipe, {old: 0.99})
+    assert "\n" not in str(err.value)
+    section, key = old.split(".")
+    with pytest.raises(UserError, match=message):  # an existing recipe
+        load_config(write(tmp_path / "old.yaml", f"inherit: {recipe}\n{section}:\n  {key}: 0.99\n"))
+    saved = yaml.safe_load(to_yaml(load_config(recipe)))  # a checkpoint's config from before the rename
+    new_key = new.split(".")[1]
+    saved[section] = {(key if k == new_key else k): v for k, v in saved[section].items()}
+    with pytest.raises(UserError, match=message):
+        validate_run(saved)

@@ -35,8 +35,8 @@ STEPS = 2  # the second step uses the EMA teacher, centre and BN statistics the 
 PER_RANK_BATCH = 8
 TOLERANCE = 1e-5  # fp32 sums in a different order
 SMALL_HEAD = {  # a head of 256 prototypes keeps the three short runs quick on 2 cores
-    "dino": {"method.out_dim": 256, "method.hidden_dim": 256, "method.bottleneck_dim": 64},
-    "simclr": {"method.hidden_dim": 128},
+    "dino": {"method.out_dim": 256, "method.proj_hidden_dim": 256, "method.bottleneck_dim": 64},
+    "simclr": {"method.proj_hidden_dim": 128},
 }
 
 

@@ -96,7 +96,7 @@ def test_kl_matches_torch_and_vanishes_when_the_student_matches_the_teacher() ->
 
 def test_center_momentum_1_keeps_the_centre_at_zero() -> None:
     """The 'no centring' ablation: C <- 1 * C + 0 * mean(t) leaves C = 0, so P_t = softmax(g_t / tau_t)."""
-    loss = DINOLoss(out_dim=8, center_momentum=1.0)
+    loss = DINOLoss(out_dim=8, student_temp=0.1, center_momentum=1.0)
     for _ in range(3):
         loss.update_center(loss.batch_center(torch.randn(16, 8) + 5))
     assert torch.equal(loss.center, torch.zeros(1, 8))

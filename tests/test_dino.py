@@ -65,7 +65,9 @@ def test_centre_update_is_an_ema_of_the_batch_mean():
 
 
 def test_step_teacher_has_no_gradient_and_follows_the_student(tiny_config):
-    cfg = tiny_config("dino_fmnist", **{"method.out_dim": 64, "method.hidden_dim": 32, "method.bottleneck_dim": 16})
+    cfg = tiny_config(
+        "dino_fmnist", **{"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16}
+    )
     method = method_class("dino")(cfg)
     clock = Clock(step=5, total_steps=10, steps_per_epoch=2, epochs=5)
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.randn(4, 1, 12, 12)]
@@ -89,7 +91,7 @@ def test_step_teacher_has_no_gradient_and_follows_the_student(tiny_config):
 
 
 def test_bn_in_head_normalises_the_hidden_layers_of_student_and_teacher(tiny_config):
-    small = {"method.out_dim": 64, "method.hidden_dim": 32, "method.bottleneck_dim": 16}
+    small = {"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16}
     plain = method_class("dino")(tiny_config("dino_fmnist", **small, **{"method.use_bn_in_head": False}))
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
     method = method_class("dino")(tiny_config("dino_fmnist", **small, **{"method.use_bn_in_head": True}))
@@ -102,7 +104,9 @@ def test_bn_in_head_normalises_the_hidden_layers_of_student_and_teacher(tiny_con
 
 
 def test_last_layer_is_frozen_during_the_first_epoch(tiny_config):
-    cfg = tiny_config("dino_fmnist", **{"method.out_dim": 64, "method.hidden_dim": 32, "method.bottleneck_dim": 16})
+    cfg = tiny_config(
+        "dino_fmnist", **{"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16}
+    )
     method = method_class("dino")(cfg)
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)]
     for step, frozen in ((0, True), (9, False)):

@@ -26,7 +26,7 @@ from sslzoo.eval.linear import linear_probe
 from sslzoo.eval.protocol import load_protocol
 from sslzoo.trainer import Stopped, Trainer
 
-SMALL_HEAD = {"method.out_dim": 256, "method.hidden_dim": 256}  # DINO's CPU head is most of a step's cost
+SMALL_HEAD = {"method.out_dim": 256, "method.proj_hidden_dim": 256}  # DINO's CPU head is most of a step's cost
 
 # --------------------------------------------------------------------------- kNN
 

@@ -20,7 +20,7 @@ from sslzoo.trainer import Trainer
 # The paper's BN-free head unless a test asks for BN (ibot_fmnist.yaml turns it on for the CPU budget).
 SMALL_HEAD = {
     "method.out_dim": 64,
-    "method.hidden_dim": 32,
+    "method.proj_hidden_dim": 32,
     "method.bottleneck_dim": 16,
     "model.drop_path": 0.0,
     "method.use_bn_in_head": False,

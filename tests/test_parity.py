@@ -119,7 +119,7 @@ def test_dino_head_is_dinohead(recipe):
     method = built(recipe)
     hp = method.hp
     want = official_dino_head(
-        method.student.backbone.embed_dim, hp.out_dim, hp.use_bn_in_head, hp.norm_last_layer, hp.hidden_dim
+        method.student.backbone.embed_dim, hp.out_dim, hp.use_bn_in_head, hp.norm_last_layer, hp.proj_hidden_dim
     )
     if hp.use_bn_in_head:
         want = without_bias_before_bn(want)
@@ -134,7 +134,7 @@ def test_ibot_head_is_ibothead_with_one_bn_module(recipe):
     hp = method.hp
     head = method.student.head
     want = official_dino_head(
-        method.student.backbone.embed_dim, hp.out_dim, hp.use_bn_in_head, hp.norm_last_layer, hp.hidden_dim
+        method.student.backbone.embed_dim, hp.out_dim, hp.use_bn_in_head, hp.norm_last_layer, hp.proj_hidden_dim
     )
     if hp.use_bn_in_head:
         want = without_bias_before_bn(want)
@@ -222,7 +222,7 @@ def test_ibot_bn_head_loss_is_one_head_pass_over_all_tokens_of_each_call(tiny_co
     """The teacher's globals, the student's masked globals and the student's locals: one backbone call and
     one head pass each (main_ibot.py), with random BN weights and random biases before BN."""
     torch.manual_seed(0)
-    small = {"method.out_dim": 64, "method.hidden_dim": 32, "method.bottleneck_dim": 16, "model.drop_path": 0.0}
+    small = {"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16, "model.drop_path": 0.0}
     overrides = {**small, "method.use_bn_in_head": True, "method.lambda_cls": 0.5, "method.lambda_patch": 2.0}
     method = method_class("ibot")(tiny_config("ibot_fmnist", **overrides))
     hp = method.hp
@@ -238,7 +238,7 @@ def test_ibot_bn_head_loss_is_one_head_pass_over_all_tokens_of_each_call(tiny_co
     masks = torch.rand(2 * batch, 7, 7) < 0.4
     method.masking = lambda n, height, width: masks[:n].clone()
     clock = Clock(step=3, total_steps=100, steps_per_epoch=10, epochs=10)
-    biases = [torch.randn(hp.hidden_dim) for _ in range(2)]
+    biases = [torch.randn(hp.proj_hidden_dim) for _ in range(2)]
 
     out = method(views, clock)
     u, student, teacher = torch.cat(views[:2]), method.student, method.teacher.net
@@ -352,7 +352,7 @@ def norm_parameter_names(method: Method) -> set[str]:
 
 SMALL_VIT = {"model.backbone": "vit_micro_patch4_28"}  # a ViT's kinds of tensors, in a fraction of the time
 SMALL_RESNET = {"model.backbone": "resnet18_cifar"}
-SMALL_DINO = {**SMALL_VIT, "method.out_dim": 256, "method.hidden_dim": 64, "method.bottleneck_dim": 32}
+SMALL_DINO = {**SMALL_VIT, "method.out_dim": 256, "method.proj_hidden_dim": 64, "method.bottleneck_dim": 32}
 SMALL_SIAMESE = {"method.proj_hidden_dim": 64, "method.pred_hidden_dim": 64, "method.out_dim": 32}
 OFFICIAL_RULES = {  # recipe: (rule, the tensors it decays (and LARS adapts), steps, smaller networks)
     "dino_vits16": (official_adamw, lambda method: no_bias_or_1d, 2, SMALL_DINO),
@@ -369,7 +369,7 @@ OFFICIAL_RULES = {  # recipe: (rule, the tensors it decays (and LARS adapts), st
         official_simclr_lars,
         lambda method: no_bias_or_norm(norm_parameter_names(method)),
         1,
-        {**SMALL_RESNET, "method.hidden_dim": 64, "method.out_dim": 32},
+        {**SMALL_RESNET, "method.proj_hidden_dim": 64, "method.out_dim": 32},
     ),
 }
 
@@ -474,8 +474,8 @@ def test_mocov3_momentum_of_the_step_before_differs_by_under_2e_7():
     mocov3_r50 / mocov3_vits16: 300 epochs of 312 steps at batch 4096."""
     hp = load_config("mocov3_r50").method
     total = 300 * (IMAGENET_TRAIN // 4096)
-    momenta = np.array([cosine(k, total, hp.momentum_base, 1.0) for k in range(total + 1)])
-    assert np.abs(np.diff(momenta)).max() == pytest.approx((1 - hp.momentum_base) / 2 * math.pi / total, rel=1e-3)
+    momenta = np.array([cosine(k, total, hp.momentum, 1.0) for k in range(total + 1)])
+    assert np.abs(np.diff(momenta)).max() == pytest.approx((1 - hp.momentum) / 2 * math.pi / total, rel=1e-3)
     assert np.abs(np.diff(momenta)).max() < 1.7e-7
 
 

@@ -15,7 +15,7 @@ from sslzoo.schedules import Clock
 from sslzoo.trainer import Trainer
 
 EXPECTED = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SMALL_DINO = {"method.out_dim": 256, "method.hidden_dim": 256, "method.bottleneck_dim": 64, "data.batch_size": 8}
+SMALL_DINO = {"method.out_dim": 256, "method.proj_hidden_dim": 256, "method.bottleneck_dim": 64, "data.batch_size": 8}
 
 
 def backbone_matmul_dtypes(method: nn.Module) -> list[torch.dtype]:
@@ -63,13 +63,13 @@ def test_losses_stay_fp32_under_bf16_autocast(recipe: str, tiny_config) -> None:
 def test_dino_teacher_distribution_and_centre_are_fp32() -> None:
     from sslzoo.losses.dino import DINOLoss
 
-    loss = DINOLoss(out_dim=16, center_momentum=0.9)
+    loss = DINOLoss(out_dim=16, student_temp=0.1, center_momentum=0.9)
     teacher = torch.randn(4, 16).bfloat16()
     assert loss.teacher_probs(teacher, 0.04).dtype == torch.float32
     loss.update_center(loss.batch_center(teacher))
     assert loss.center.dtype == torch.float32
     student = [torch.randn(4, 16).bfloat16() for _ in range(3)]
-    assert loss(student, [teacher, teacher], 0.1, 0.04).dtype == torch.float32
+    assert loss(student, [teacher, teacher], 0.04).dtype == torch.float32
 
 
 def test_resnets_go_channels_last_and_vits_stay_as_they_are() -> None:
@@ -77,7 +77,7 @@ def test_resnets_go_channels_last_and_vits_stay_as_they_are() -> None:
         cfg = load_config(recipe, {"trainer.device": "cpu", "resume": "none", **overrides})
         return method_class(cfg.method.name)(cfg)
 
-    resnet_method = build("simclr_fmnist", **{"model.backbone": "resnet18_cifar", "method.hidden_dim": 64})
+    resnet_method = build("simclr_fmnist", **{"model.backbone": "resnet18_cifar", "method.proj_hidden_dim": 64})
     assert channels_last_resnets(resnet_method)
     convs = [m for m in resnet_method.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
@@ -89,6 +89,6 @@ def test_resnets_go_channels_last_and_vits_stay_as_they_are() -> None:
 
 
 def test_trainer_keeps_inputs_contiguous_on_cpu(tiny_config) -> None:
-    cfg = tiny_config("simclr_fmnist", **{"model.backbone": "resnet18_cifar", "method.hidden_dim": 64})
+    cfg = tiny_config("simclr_fmnist", **{"model.backbone": "resnet18_cifar", "method.proj_hidden_dim": 64})
     trainer = Trainer(cfg)
     assert trainer.memory_format == torch.preserve_format  # channels_last is for GPUs only

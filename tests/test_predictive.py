@@ -87,12 +87,12 @@ def test_each_prediction_meets_the_other_views_target(tiny_config, recipe):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_momentum_follows_the_cosine_schedule(tiny_config, recipe):
     """tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2 (BYOL §3.2), or constant without the cosine."""
-    method = build(tiny_config, recipe, **{"method.momentum_base": 0.9})
+    method = build(tiny_config, recipe, **{"method.momentum": 0.9})
     total = 40
     for k in (0, 7, 20, 33, 40):
         want = 1 - (1 - 0.9) * (math.cos(math.pi * k / total) + 1) / 2
         assert method.momentum(Clock(k, total, 10, 4)) == pytest.approx(want, abs=1e-12)
-    constant = build(tiny_config, recipe, **{"method.momentum_base": 0.9, "method.momentum_cosine": False})
+    constant = build(tiny_config, recipe, **{"method.momentum": 0.9, "method.momentum_cosine": False})
     assert {constant.momentum(Clock(k, total, 10, 4)) for k in (0, 20, 40)} == {0.9}
 
 
@@ -135,7 +135,7 @@ def test_ablation_switches_no_predictor_and_zero_momentum(tiny_config):
     method = build(
         tiny_config,
         "byol_fmnist",
-        **{"method.use_predictor": False, "method.momentum_base": 0.0, "method.momentum_cosine": False},
+        **{"method.use_predictor": False, "method.momentum": 0.0, "method.momentum_cosine": False},
     )
     assert isinstance(method.predictor, nn.Identity)
     views = random_views()

@@ -38,7 +38,7 @@ STEPS = 12  # 5 steps per epoch: the runs cross two epoch boundaries
 TIMEOUT = 240  # seconds for one subprocess, generous for a loaded machine
 SMALL_DINO = {
     "method.out_dim": 64,
-    "method.hidden_dim": 64,
+    "method.proj_hidden_dim": 64,
     "method.bottleneck_dim": 32,
     "augment.local_crops": 2,
     "data.batch_size": BATCH,

@@ -54,7 +54,12 @@ class DINO(Method):
         return Encoder(
             backbone,
             dino_head(
-                backbone.embed_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.norm_last_layer, hp.use_bn_in_head
+                backbone.embed_dim,
+                hp.out_dim,
+                hp.proj_hidden_dim,
+                hp.bottleneck_dim,
+                hp.norm_last_layer,
+                hp.use_bn_in_head,
             ),
         )
 

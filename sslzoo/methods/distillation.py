@@ -25,7 +25,7 @@ class DistillationConfig:
 
     name: str
     out_dim: int  # K, prototypes of the head's last layer
-    hidden_dim: int
+    proj_hidden_dim: int  # width of the head's hidden layers
     bottleneck_dim: int
     norm_last_layer: bool
     use_bn_in_head: bool
@@ -34,7 +34,7 @@ class DistillationConfig:
     warmup_teacher_temp: float  # tau_t at step 0
     warmup_teacher_temp_epochs: float
     center_momentum: float  # c
-    momentum_teacher: float  # m at step 0, cosine to 1
+    momentum: float  # m at step 0, cosine to 1
     freeze_last_layer_epochs: float
 
 
@@ -57,7 +57,7 @@ class SelfDistillation:
         return self.temperature(clock, self.hp.warmup_teacher_temp, self.hp.teacher_temp)
 
     def momentum(self, clock: Clock) -> float:
-        return cosine(clock.step, clock.total_steps, self.hp.momentum_teacher, 1.0)
+        return cosine(clock.step, clock.total_steps, self.hp.momentum, 1.0)
 
     def freeze_prototypes(self, prototypes: list[Tensor], clock: Clock) -> None:
         """Freeze the prototypes during the first epoch(s) by dropping their gradients, so the optimizer

@@ -155,7 +155,7 @@ class IBOT(Method):
         head = IBOTHead(
             backbone.embed_dim,
             hp.out_dim,
-            hp.hidden_dim,
+            hp.proj_hidden_dim,
             hp.bottleneck_dim,
             hp.norm_last_layer,
             hp.shared_head,

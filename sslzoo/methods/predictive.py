@@ -40,15 +40,15 @@ class PredictiveSiamese(Method):
     class Config:
         name: str
         proj_layers: int  # linear layers of the projector g
-        proj_hidden_dim: int
+        proj_hidden_dim: int  # width of g's hidden layers
         out_dim: int  # size of the projection z and the prediction p
         proj_last_bn: bool  # BN without scale and shift after g's last layer (MoCo v3, after SimCLR)
         pred_hidden_dim: int  # the predictor q is 2 layers: out_dim -> pred_hidden_dim -> out_dim
         pred_last_bn: bool  # the same BN after q's last layer
         pred_lr_scale: float  # q's lr / the scheduled lr (BYOL Appendix, Table 21: a faster predictor)
         use_predictor: bool  # false: no q, the projection itself is compared with the target
-        momentum_base: float  # tau_base / m at step 0 (0 with momentum_cosine=false: target = online)
-        momentum_cosine: bool  # cosine from momentum_base to 1 over the run; false: constant
+        momentum: float  # tau_base / m at step 0 (0 with momentum_cosine=false: target = online)
+        momentum_cosine: bool  # cosine from momentum to 1 over the run; false: constant
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
@@ -63,8 +63,8 @@ class PredictiveSiamese(Method):
     def check_config(cls, cfg: RunConfig) -> None:
         super().check_config(cfg)
         hp = cfg.method
-        if not 0 <= hp.momentum_base <= 1:
-            raise UserError(f"method.momentum_base={hp.momentum_base} must lie in [0, 1]")
+        if not 0 <= hp.momentum <= 1:
+            raise UserError(f"method.momentum={hp.momentum} must lie in [0, 1]")
         if hp.pred_lr_scale <= 0:
             raise UserError(f"method.pred_lr_scale={hp.pred_lr_scale} must be positive (1: the scheduled lr)")
         if hp.proj_layers < 1:
@@ -88,8 +88,8 @@ class PredictiveSiamese(Method):
 
     def momentum(self, clock: Clock) -> float:
         if not self.hp.momentum_cosine:
-            return self.hp.momentum_base
-        return cosine(clock.step, clock.total_steps, self.hp.momentum_base, 1.0)
+            return self.hp.momentum
+        return cosine(clock.step, clock.total_steps, self.hp.momentum, 1.0)
 
     def pair_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """The loss of one view's prediction against the other view's (stop-gradient) target."""

@@ -31,7 +31,7 @@ class SimCLR(Method):
         name: str
         temperature: float  # tau of NT-Xent
         proj_layers: int  # linear layers of the projection head g
-        hidden_dim: int
+        proj_hidden_dim: int  # width of g's hidden layers
         out_dim: int  # dimension of z
 
     card = MethodCard(
@@ -65,7 +65,7 @@ class SimCLR(Method):
         ``use_bias=False``, which also drops its BN's centre (shift).
         """
         hp = self.hp
-        dims = [in_dim, *[hp.hidden_dim] * (hp.proj_layers - 1), hp.out_dim]
+        dims = [in_dim, *[hp.proj_hidden_dim] * (hp.proj_layers - 1), hp.out_dim]
         return mlp_head(dims, last_bn=True, last_bn_shift=False)
 
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
