@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sslzoo.losses.byol import regression_loss
+from sslzoo.losses.byol import RegressionLoss
 from sslzoo.methods import method_class
 from sslzoo.recipes import load_config
+
+regression_loss = RegressionLoss()
 
 
 def test_regression_loss_is_the_squared_distance_of_normalised_vectors():

@@ -36,9 +36,9 @@ def test_loss_matches_the_formula():
     batch, dim, n_global, n_local = 3, 7, 2, 3
     student = [torch.randn(batch, dim, dtype=torch.float64) for _ in range(n_global + n_local)]
     teacher = [torch.randn(batch, dim, dtype=torch.float64) for _ in range(n_global)]
-    loss = DINOLoss(dim, center_momentum=0.9)
+    loss = DINOLoss(dim, student_temp=0.1, center_momentum=0.9)
     loss.center = torch.randn(1, dim)
-    got = loss(student, teacher, student_temp=0.1, teacher_temp=0.04)
+    got = loss(student, teacher, teacher_temp=0.04)
     want = direct_dino_loss(
         [s.tolist() for s in student], [t.tolist() for t in teacher], loss.center[0].tolist(), 0.1, 0.04
     )
@@ -49,15 +49,15 @@ def test_same_view_pairs_are_skipped():
     """With identical student and teacher logits on every view, only cross-view pairs count."""
     torch.manual_seed(1)
     views = [torch.randn(4, 5) for _ in range(2)]
-    loss = DINOLoss(5, 0.9)
-    got = loss(views, views, 1.0, 1.0)
+    loss = DINOLoss(5, student_temp=1.0, center_momentum=0.9)
+    got = loss(views, views, teacher_temp=1.0)
     cross = -(torch.softmax(views[0], -1) * torch.log_softmax(views[1], -1)).sum(-1).mean()
     cross2 = -(torch.softmax(views[1], -1) * torch.log_softmax(views[0], -1)).sum(-1).mean()
     assert got.item() == pytest.approx(((cross + cross2) / 2).item(), rel=1e-6)
 
 
 def test_centre_update_is_an_ema_of_the_batch_mean():
-    loss = DINOLoss(4, center_momentum=0.9)
+    loss = DINOLoss(4, student_temp=0.1, center_momentum=0.9)
     loss.center.fill_(1.0)
     teacher_out = torch.tensor([[0.0, 2.0, 4.0, 6.0], [2.0, 2.0, 0.0, 2.0]])
     loss.update_center(loss.batch_center(teacher_out))

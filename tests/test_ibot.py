@@ -83,9 +83,9 @@ def test_patch_loss_matches_the_formula():
     masks = torch.rand(n_views * batch, patches) < 0.5
     masks[1] = False  # a crop that drew no mask
     masks[4] = True
-    loss = MaskedPatchLoss(dim, center_momentum=0.9)
+    loss = MaskedPatchLoss(dim, student_temp=0.1, center_momentum=0.9)
     loss.center = torch.randn(1, dim, dtype=torch.float64)
-    got = loss(student, teacher, masks, student_temp=0.1, teacher_temp=0.07)
+    got = loss(student, teacher, masks, teacher_temp=0.07)
     want = direct_patch_loss(
         student.tolist(), teacher.tolist(), masks.tolist(), loss.center[0].tolist(), 0.1, 0.07, n_views
     )
@@ -94,7 +94,7 @@ def test_patch_loss_matches_the_formula():
 
 def test_patch_loss_without_masked_patches_is_zero_and_differentiable():
     student = torch.randn(4, 5, 8, requires_grad=True)
-    loss = MaskedPatchLoss(8, 0.9)(student, torch.randn(4, 5, 8), torch.zeros(4, 5, dtype=torch.bool), 0.1, 0.07)
+    loss = MaskedPatchLoss(8, 0.1, 0.9)(student, torch.randn(4, 5, 8), torch.zeros(4, 5, dtype=torch.bool), 0.07)
     loss.backward()
     assert loss.item() == 0.0 and not student.grad.any()
 
@@ -103,7 +103,7 @@ def test_patch_centre_is_an_ema_of_the_mean_over_all_patch_tokens():
     """main_ibot.py: C' <- 0.9 C' + 0.1 * (sum over crops of the crop's mean patch output) / crops."""
     torch.manual_seed(1)
     teacher = torch.randn(6, 5, 4)
-    loss = MaskedPatchLoss(4, center_momentum=0.9)
+    loss = MaskedPatchLoss(4, student_temp=0.1, center_momentum=0.9)
     loss.center = torch.randn(1, 4)
     before = loss.center.clone()
     loss.update_center(loss.batch_center(teacher.flatten(0, 1)))
@@ -139,9 +139,9 @@ def test_method_losses_match_a_dense_recomputation(tiny_config):
         s_patch.double().tolist(), t_patch.double().tolist(), flat.tolist(),
         method.patch_loss.center[0].tolist(), tau_s, tau_tp, 2,
     )  # fmt: skip
-    want_cls = DINOLoss(hp.out_dim, hp.center_momentum)
+    want_cls = DINOLoss(hp.out_dim, tau_s, hp.center_momentum)
     want_cls.center.copy_(method.loss.center)
-    want_cls = want_cls(list(torch.cat([s_cls, s_local]).chunk(6)), list(t_cls.chunk(2)), tau_s, tau_t).item()
+    want_cls = want_cls(list(torch.cat([s_cls, s_local]).chunk(6)), list(t_cls.chunk(2)), tau_t).item()
 
     assert out.logs["loss_patch"] == pytest.approx(want_patch, rel=1e-4)
     assert out.logs["loss_cls"] == pytest.approx(want_cls, rel=1e-4)

@@ -17,7 +17,7 @@ from torch import nn
 
 from sslzoo.backbones import build_model, zero_init_residual
 from sslzoo.errors import UserError
-from sslzoo.losses.mocov3 import contrastive_loss
+from sslzoo.losses.mocov3 import ContrastiveLoss
 from sslzoo.methods import method_class
 from sslzoo.optim import parameter_groups
 from sslzoo.recipes import load_config
@@ -46,13 +46,13 @@ def test_loss_matches_the_formula_with_its_2tau_scale():
     q, k = torch.randn(5, 4), torch.randn(5, 4)
     for tau in (TAU, 1.0):
         want = direct_contrastive_loss(q.tolist(), k.tolist(), tau)
-        assert contrastive_loss(q, k, tau).item() == pytest.approx(want, rel=1e-5)
+        assert ContrastiveLoss(tau)(q, k).item() == pytest.approx(want, rel=1e-5)
 
 
 def test_keys_receive_no_gradient():
     q = torch.randn(4, 3, requires_grad=True)
     k = torch.randn(4, 3, requires_grad=True)
-    contrastive_loss(q, k, TAU).backward()
+    ContrastiveLoss(TAU)(q, k).backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
     assert k.grad is None
 
@@ -80,7 +80,7 @@ def data_parallel_worker(rank: int, port: int, x: torch.Tensor, keys: torch.Tens
             layer.weight.copy_(weight)
         model = nn.parallel.DistributedDataParallel(layer)
         part = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
-        loss = contrastive_loss(model(x[part]), keys[part], TAU)
+        loss = ContrastiveLoss(TAU)(model(x[part]), keys[part])
         loss.backward()  # DDP averages the gradients over the ranks
         torch.save({"loss": loss.detach(), "grad": layer.weight.grad}, Path(out) / f"rank{rank}.pt")
     finally:
@@ -97,7 +97,7 @@ def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_global_
     mp.spawn(data_parallel_worker, args=(free_port(), x, keys, weight, str(tmp_path)), nprocs=WORLD)
 
     single_weight = weight.clone().requires_grad_(True)
-    single_loss = contrastive_loss(x @ single_weight.T, keys, TAU)
+    single_loss = ContrastiveLoss(TAU)(x @ single_weight.T, keys)
     single_loss.backward()
     want_loss = direct_contrastive_loss((x @ weight.T).tolist(), keys.tolist(), TAU)
     assert single_loss.item() == pytest.approx(want_loss, rel=1e-5)

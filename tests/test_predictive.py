@@ -75,8 +75,8 @@ def test_each_prediction_meets_the_other_views_target(tiny_config, recipe):
         with torch.no_grad():
             return method.target.net.head(method.target.net.backbone(v))
 
-    want = method.pair_loss(online(v1), target(v2)) + method.pair_loss(online(v2), target(v1))
-    swapped = method.pair_loss(online(v1), target(v1)) + method.pair_loss(online(v2), target(v2))
+    want = method.loss(online(v1), target(v2)) + method.loss(online(v2), target(v1))
+    swapped = method.loss(online(v1), target(v1)) + method.loss(online(v2), target(v2))
     assert out.loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert out.loss.item() != pytest.approx(swapped.item(), rel=1e-3)
     assert out.logs["loss_p1_z2"] + out.logs["loss_p2_z1"] == pytest.approx(out.loss.item(), rel=1e-6)
@@ -142,7 +142,7 @@ def test_ablation_switches_no_predictor_and_zero_momentum(tiny_config):
     out = method.training_step(views, Clock(0, 10, 10, 1))
     z1 = method.online.head(method.online.backbone(views[0]))
     z2_target = method.target.net.head(method.target.net.backbone(views[1])).detach()
-    assert out.logs["loss_p1_z2"] == pytest.approx(method.pair_loss(z1, z2_target).item(), rel=1e-5)
+    assert out.logs["loss_p1_z2"] == pytest.approx(method.loss(z1, z2_target).item(), rel=1e-5)
     out.loss.backward()
     with torch.no_grad():
         for param in method.online.parameters():

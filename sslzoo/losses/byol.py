@@ -11,11 +11,16 @@ computes -mean cos, so the loss is 2 + 2 * that.
 from __future__ import annotations
 
 from lightly.loss import NegativeCosineSimilarity
-from torch import Tensor
-
-negative_cosine = NegativeCosineSimilarity(dim=-1)
+from torch import Tensor, nn
 
 
-def regression_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """Mean over the batch of 2 - 2 cos(p, sg(z')), in fp32."""
-    return 2 + 2 * negative_cosine(prediction.float(), target.detach().float())
+class RegressionLoss(nn.Module):
+    """L(p, z') of one view's prediction against the other view's target projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.negative_cosine = NegativeCosineSimilarity(dim=-1)
+
+    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Mean over the batch of 2 - 2 cos(p, sg(z')), in fp32."""
+        return 2 + 2 * self.negative_cosine(prediction.float(), target.detach().float())

@@ -20,10 +20,12 @@ from torch import Tensor, nn
 
 
 class TeacherCentre(nn.Module):
-    """The centre C of the teacher's outputs, the centred and sharpened P_t, and C's update once per step."""
+    """The centre C of the teacher's outputs, the centred and sharpened P_t, and C's update once per step;
+    with the student's fixed temperature tau_s (the teacher's tau_t follows a schedule: an argument)."""
 
-    def __init__(self, out_dim: int, center_momentum: float) -> None:
+    def __init__(self, out_dim: int, student_temp: float, center_momentum: float) -> None:
         super().__init__()
+        self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.pending_center: Tensor | None = None  # this step's batch mean, committed after the optimizer step
@@ -60,16 +62,14 @@ class TeacherCentre(nn.Module):
 class DINOLoss(TeacherCentre):
     """H(P_t, P_s) over pairs of different views, with the [CLS] centre C."""
 
-    def forward(
-        self, student_out: list[Tensor], teacher_out: list[Tensor], student_temp: float, teacher_temp: float
-    ) -> Tensor:
+    def forward(self, student_out: list[Tensor], teacher_out: list[Tensor], teacher_temp: float) -> Tensor:
         """Cross-entropy averaged over all (teacher view, student view) pairs of different views.
 
         ``teacher_out`` holds the global views, ``student_out`` every view with the
         global views first, so view ``i`` of both is the same crop.
         """
         targets = [self.teacher_probs(t, teacher_temp) for t in teacher_out]
-        log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_out]
+        log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
         total, pairs = 0.0, 0
         for t_index, target in enumerate(targets):
             for s_index, log_prob in enumerate(log_probs):

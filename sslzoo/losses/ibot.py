@@ -25,9 +25,7 @@ from sslzoo.losses.dino import TeacherCentre
 class MaskedPatchLoss(TeacherCentre):
     """Patch-level self-distillation at the masked positions of the same crop, with its own centre."""
 
-    def forward(
-        self, student_patches: Tensor, teacher_patches: Tensor, masks: Tensor, student_temp: float, teacher_temp: float
-    ) -> Tensor:
+    def forward(self, student_patches: Tensor, teacher_patches: Tensor, masks: Tensor, teacher_temp: float) -> Tensor:
         """L_MIM over a batch of global crops (all views concatenated, equal batch per view).
 
         ``student_patches`` and ``teacher_patches`` (B, N, K): outputs of every patch token;
@@ -36,7 +34,7 @@ class MaskedPatchLoss(TeacherCentre):
         is the mean over views of the per-view means.
         """
         targets = self.teacher_probs(teacher_patches[masks], teacher_temp)
-        log_probs = F.log_softmax(student_patches[masks].float() / student_temp, dim=-1)
+        log_probs = F.log_softmax(student_patches[masks].float() / self.student_temp, dim=-1)
         cross_entropy = torch.sum(-targets * log_probs, dim=-1)
         crop_of_patch = masks.nonzero()[:, 0]
         per_crop = cross_entropy.new_zeros(len(masks)).index_add(0, crop_of_patch, cross_entropy)

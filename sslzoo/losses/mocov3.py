@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from sslzoo.distributed import gather_no_grad, rank
 
 
-def contrastive_loss(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
-    """InfoNCE of this process's (B, d) queries against the (world x B, d) gathered keys, times 2 tau."""
-    q = F.normalize(queries.float(), dim=1)
-    k = gather_no_grad(F.normalize(keys.detach().float(), dim=1))
-    logits = q @ k.T / temperature
-    positives = torch.arange(len(q), device=q.device) + rank() * len(q)
-    return F.cross_entropy(logits, positives) * (2 * temperature)
+class ContrastiveLoss(nn.Module):
+    """ctr(q, k) of one view's queries against the other view's momentum keys."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature  # tau
+
+    def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """InfoNCE of this process's (B, d) queries against the (world x B, d) gathered keys, times 2 tau."""
+        q = F.normalize(queries.float(), dim=1)
+        k = gather_no_grad(F.normalize(keys.detach().float(), dim=1))
+        logits = q @ k.T / self.temperature
+        positives = torch.arange(len(q), device=q.device) + rank() * len(q)
+        return F.cross_entropy(logits, positives) * (2 * self.temperature)

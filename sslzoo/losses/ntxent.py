@@ -13,16 +13,15 @@ run no longer follows the paper's gradient, though its loss value looks right.
 
 Like lightly's ``NTXentLoss(gather_distributed=True)`` (which computes the same
 value and gradients; tests/test_distributed_losses.py checks both), but it also
-returns the positive-pair accuracy that google-research/simclr logs as
-``contrast_acc``, for which lightly exposes no logits. The mean over the 2N
+gives the positive-pair accuracy that google-research/simclr logs as
+``contrast_acc`` (``positive_accuracy``, from the same logits), for which lightly
+exposes no logits. The mean over the 2N
 anchors is the paper's L; objective.py sums the two directions, twice this
 value: AdamW and LARS' trust ratio cancel that factor, except on the biases and
 norms that LARS leaves unadapted.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,18 +30,16 @@ from torch import Tensor, nn
 from sslzoo.distributed import gather_with_grad, rank
 
 
-class NTXentOutput(NamedTuple):
-    loss: Tensor
-    accuracy: Tensor  # detached: share of anchors whose most similar candidate is their positive
-
-
 class NTXentLoss(nn.Module):
+    """NT-Xent of two views' projections; ``z_a[i]`` and ``z_b[i]`` are two views of image ``i`` of this
+    process's batch."""
+
     def __init__(self, temperature: float) -> None:
         super().__init__()
         self.temperature = temperature  # tau
 
-    def forward(self, z_a: Tensor, z_b: Tensor) -> NTXentOutput:
-        """``z_a[i]`` and ``z_b[i]``: projections of two views of image ``i`` of this process's batch."""
+    def logits(self, z_a: Tensor, z_b: Tensor) -> tuple[Tensor, Tensor]:
+        """Each of this process's 2n anchors against all 2N views (itself masked out), and its positive."""
         n = len(z_a)
         # Similarities in fp32 even under autocast: with tau = 0.1 a bf16 cosine
         # would put errors of ~0.04 on the logits.
@@ -54,7 +51,14 @@ class NTXentLoss(nn.Module):
             first = rank() * 2 * n  # where this process's views start among the candidates
             itself = first + local
             positive = first + (local + n) % (2 * n)  # view a <-> view b of the same image
-            logits = logits.masked_fill(F.one_hot(itself, len(candidates)).bool(), float("-inf"))
-            loss = F.cross_entropy(logits, positive)
-        accuracy = (logits.detach().argmax(dim=1) == positive).float().mean()
-        return NTXentOutput(loss, accuracy)
+            return logits.masked_fill(F.one_hot(itself, len(candidates)).bool(), float("-inf")), positive
+
+    def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
+        logits, positive = self.logits(z_a, z_b)
+        return F.cross_entropy(logits, positive)
+
+    @torch.no_grad()
+    def positive_accuracy(self, z_a: Tensor, z_b: Tensor) -> float:
+        """Share of anchors whose most similar candidate is their positive (simclr's ``contrast_acc``)."""
+        logits, positive = self.logits(z_a, z_b)
+        return (logits.argmax(dim=1) == positive).float().mean().item()

@@ -16,9 +16,8 @@ network from collapsing (§3.2; BYOL Table 5 shows collapse without either).
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from sslzoo.losses.byol import regression_loss
+from sslzoo.config import Config as RunConfig
+from sslzoo.losses.byol import RegressionLoss
 from sslzoo.methods.base import METHODS, MethodCard
 from sslzoo.methods.predictive import PredictiveSiamese
 
@@ -37,5 +36,5 @@ class BYOL(PredictiveSiamese):
         crops="2 asymmetric views (blur 1.0 / 0.1, solarize 0 / 0.2)",
     )
 
-    def pair_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
-        return regression_loss(prediction, target)
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg, RegressionLoss())

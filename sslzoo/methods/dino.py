@@ -45,7 +45,7 @@ class DINO(Method):
         super().__init__(cfg)
         self.student = self.encoder()
         self.teacher = EMATarget(self.student, self.encoder(drop_path=0.0))  # no stochastic depth in the teacher
-        self.loss = DINOLoss(self.hp.out_dim, self.hp.center_momentum)  # with the centre C
+        self.loss = DINOLoss(self.hp.out_dim, self.hp.student_temp, self.hp.center_momentum)  # with the centre C
         self.distillation = SelfDistillation(self.hp, self.student, self.teacher, [self.loss])
 
     def encoder(self, drop_path: float | None = None) -> Encoder:
@@ -67,7 +67,7 @@ class DINO(Method):
         tau_s, tau_t = self.hp.student_temp, self.distillation.teacher_temp(clock)
         t, _ = self.teacher(views[: self.num_global])  # the teacher sees the global views only
         s, features = self.student(views)
-        loss = self.loss(s.chunk(len(views)), t.chunk(self.num_global), tau_s, tau_t)
+        loss = self.loss(s.chunk(len(views)), t.chunk(self.num_global), tau_t)
         self.loss.observe(t)  # C is updated after the optimizer step
         batch = len(views[0])
         terms = distillation_terms(s[:batch], self.loss.teacher_probs(t[:batch], tau_t), tau_s)

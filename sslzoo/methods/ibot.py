@@ -126,8 +126,8 @@ class IBOT(Method):
         hp = self.hp
         self.student = self.encoder()
         self.teacher = EMATarget(self.student, self.encoder(drop_path=0.0))  # no stochastic depth in the teacher
-        self.loss = DINOLoss(hp.out_dim, hp.center_momentum)  # L_[CLS], with the centre C
-        self.patch_loss = MaskedPatchLoss(hp.out_dim, hp.center_momentum_patch)  # L_MIM, with the centre C'
+        self.loss = DINOLoss(hp.out_dim, hp.student_temp, hp.center_momentum)  # L_[CLS], with the centre C
+        self.patch_loss = MaskedPatchLoss(hp.out_dim, hp.student_temp, hp.center_momentum_patch)  # L_MIM, centre C'
         self.distillation = SelfDistillation(hp, self.student, self.teacher, [self.loss, self.patch_loss])
         # e_[MASK], zero-initialised as ibot's masked_embed; the teacher has none.
         self.mask_token = nn.Parameter(torch.zeros(1, self.student.backbone.embed_dim))
@@ -186,8 +186,8 @@ class IBOT(Method):
             s_cls = torch.cat([s_cls, student.head.forward_tokens(l_tokens)[0]])
         m = m.flatten(1)
 
-        loss_cls = self.loss(s_cls.chunk(len(views)), t_cls.chunk(n_global), tau_s, tau_t)
-        loss_patch = self.patch_loss(s_patch, t_patch, m, tau_s, tau_tp)
+        loss_cls = self.loss(s_cls.chunk(len(views)), t_cls.chunk(n_global), tau_t)
+        loss_patch = self.patch_loss(s_patch, t_patch, m, tau_tp)
         self.loss.observe(t_cls)  # C and C' are updated after the optimizer step
         self.patch_loss.observe(t_patch.flatten(0, 1))
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from sslzoo.backbones import (
     MODELS,
     Backbone,
@@ -33,7 +31,7 @@ from sslzoo.backbones import (
 )
 from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
-from sslzoo.losses.mocov3 import contrastive_loss
+from sslzoo.losses.mocov3 import ContrastiveLoss
 from sslzoo.methods.base import METHODS, MethodCard
 from sslzoo.methods.predictive import PredictiveSiamese
 
@@ -60,6 +58,9 @@ class MoCoV3(PredictiveSiamese):
         crops="2 asymmetric views (BYOL's augmentations)",
     )
 
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg, ContrastiveLoss(cfg.method.temperature))
+
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         super().check_config(cfg)
@@ -82,6 +83,3 @@ class MoCoV3(PredictiveSiamese):
         if hp.zero_init_residual:
             zero_init_residual(backbone.model)
         return backbone
-
-    def pair_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
-        return contrastive_loss(prediction, target, self.hp.temperature)

@@ -6,7 +6,7 @@ for x in loader:
     v1, v2 = augment(x)                    # two asymmetric views
     p1, p2 = q(g(f(v1))), q(g(f(v2)))      # online predictions
     z1, z2 = g'(f'(v1)), g'(f'(v2))        # targets (keys), stop-gradient
-    loss = pair_loss(p1, z2) + pair_loss(p2, z1)
+    loss = loss(p1, z2) + loss(p2, z1)
     loss.backward(); update(theta)
     xi = m * xi + (1 - m) * theta          # once per optimizer step
     m  = 1 - (1 - m_base) (cos(pi k / K) + 1) / 2   # BYOL §3.2; MoCo v3 --moco-m-cos
@@ -14,7 +14,7 @@ for x in loader:
 Each view goes through the networks in its own forward, so every BatchNorm
 normalises one view's batch, as both official codes do (byol_experiment.py
 ``apply_once_fn`` per view; moco-v3 builder.py ``base_encoder(x1)``, ``base_encoder(x2)``).
-Subclasses give the pair loss (and may adjust the backbone).
+Subclasses hand in the pair loss module (and may adjust the backbone).
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ class PredictiveSiamese(Method):
         momentum: float  # tau_base / m at step 0 (0 with momentum_cosine=false: target = online)
         momentum_cosine: bool  # cosine from momentum to 1 over the run; false: constant
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, loss: nn.Module) -> None:
         super().__init__(cfg)
+        self.loss = loss  # of one view's prediction against the other view's (stop-gradient) target
         backbone = self.make_backbone()
         self.online = Encoder(backbone, self.projector(backbone.embed_dim))
         self.predictor = self.make_predictor()
@@ -91,16 +92,12 @@ class PredictiveSiamese(Method):
             return self.hp.momentum
         return cosine(clock.step, clock.total_steps, self.hp.momentum, 1.0)
 
-    def pair_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """The loss of one view's prediction against the other view's (stop-gradient) target."""
-        raise NotImplementedError
-
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         online = [self.online([view]) for view in views]  # per view: (projection z, features y)
         p1, p2 = (self.predictor(z) for z, _ in online)
         z1_target, z2_target = (self.target([view])[0] for view in views)
-        loss_p1_z2 = self.pair_loss(p1, z2_target)
-        loss_p2_z1 = self.pair_loss(p2, z1_target)
+        loss_p1_z2 = self.loss(p1, z2_target)
+        loss_p2_z1 = self.loss(p2, z1_target)
         z1, y1 = online[0]
         return StepOutput(
             loss_p1_z2 + loss_p2_z1,

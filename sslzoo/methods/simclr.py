@@ -71,11 +71,10 @@ class SimCLR(Method):
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         z, features = self.encoder(views)  # both views in one batch: the BNs see 2N samples, as in model.py
         z_a, z_b = z.chunk(2)
-        loss, accuracy = self.loss(z_a, z_b)
         batch = len(views[0])
         return StepOutput(
-            loss,
-            {"positive_accuracy": accuracy.item()},
+            self.loss(z_a, z_b),
+            {"positive_accuracy": self.loss.positive_accuracy(z_a, z_b)},
             embeddings=z_a.detach(),
             features=features[:batch].detach(),
         )
