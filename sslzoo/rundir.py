@@ -7,7 +7,7 @@
     checkpoints/last.pt   the resumable training checkpoint
     backbone.pt           the evaluated backbone's ``state_dict``, written when training ends
     snapshots/            ``backbone_stepNNNNNN.pt`` every ``trainer.snapshot_every`` steps, listed in ``index.json``
-    eval_KIND.json        the offline evaluations' records (knn, linear, lowshot)
+    eval_KIND.json        the offline evaluations' records (knn, linear, lowshot, finetune)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sslzoo.checkpoint import atomic_save, atomic_write
 from sslzoo.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
-EvalKind = Literal["knn", "linear", "lowshot"]
+EvalKind = Literal["knn", "linear", "lowshot", "finetune"]
 
 
 class RunDir:
