@@ -38,19 +38,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import finished_run, pretrain  # noqa: E402
 
-from sslzoo.config import available_recipes, parse_overrides  # noqa: E402
+from sslzoo.arguments import Option, Parser, asks_for_help  # noqa: E402
+from sslzoo.config import available_recipes  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.recipes import load_config  # noqa: E402
 from sslzoo.rundir import RunDir  # noqa: E402
 
 GROUPS = ("dino", "byol", "batch")
-DEFAULTS = {
-    "only": ",".join(GROUPS),
-    "steps": None,  # None: each experiment's own budget (below)
-    "reuse": False,
-    "out": "benchmarks/results/ablations",
-    "runs": "runs/ablations",
-}
+PARSER = Parser(
+    "benchmarks/ablations.py",
+    {
+        "only": Option(list[str], list(GROUPS), "the groups to run"),
+        "steps": Option(int | None, None, "every experiment's step budget (default: its own, below)"),
+        "reuse": Option(bool, False, "keep a finished run of the same command"),
+        "out": Option(str, "benchmarks/results/ablations", "the results folder"),
+        "runs": Option(str, "runs/ablations", "the run folders"),
+    },
+    prefixes={"eval.": "eval"},
+    rest="recipe",
+    rest_words=("seed",),
+)
 # Offline kNN on a subset (the full 60k/10k split would cost as much as a training run per experiment).
 EVAL_DEFAULTS = {"train_limit": 10000, "test_limit": 5000, "knn.ks": [20]}
 # Every run logs every LOG_EVERY steps: curves dense enough to see a collapse happen.
@@ -165,29 +172,13 @@ def budget(experiment: Experiment, steps: int | None) -> int:
 
 def parse(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(options, overrides for every training run, overrides for the evaluation protocol)."""
-    options, train, evaluation = dict(DEFAULTS), {}, dict(EVAL_DEFAULTS)
-    for key, value in parse_overrides(argv).items():
-        if key.startswith("eval."):
-            evaluation[key[len("eval.") :]] = value
-        elif key in options:
-            options[key] = value
-        elif "." in key or key == "seed":
-            train[key] = value
-        else:
-            raise UserError(
-                f"unknown option '{key}'; options: {', '.join(DEFAULTS)}, seed=N, eval.KEY=..., or a dotted recipe key"
-            )
-    only = [g.strip() for g in str(options["only"]).split(",") if g.strip()]
-    unknown = [g for g in only if g not in GROUPS]
-    if unknown or not only:
-        raise UserError(f"only={options['only']}: choose groups among {', '.join(GROUPS)}")
-    options["only"] = only
-    steps = options["steps"]
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise UserError(f"steps={steps} must be a positive integer")
-    if not isinstance(options["reuse"], bool):
-        raise UserError(f"reuse={options['reuse']} must be true or false")
-    return options, train, evaluation
+    args = PARSER.parse(argv)
+    options = args.options
+    if not options["only"] or any(group not in GROUPS for group in options["only"]):
+        raise UserError(f"only={','.join(options['only'])}: choose groups among {', '.join(GROUPS)}")
+    if options["steps"] is not None and options["steps"] < 1:
+        raise UserError(f"steps={options['steps']} must be a positive integer")
+    return options, args.passed["recipe"], {**EVAL_DEFAULTS, **args.passed["eval"]}
 
 
 # --------------------------------------------------------------------------- running
@@ -401,7 +392,7 @@ def markdown(results: dict) -> str:
 
 @cli_entry
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help", "help"):
+    if asks_for_help(argv):
         print(__doc__)
         return 0
     options, train, evaluation = parse(argv)

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Pretrain, finished_run, mean_std, pretrain  # noqa: E402
 
-from sslzoo.config import Config, build, dotted_keys, parse_overrides, read_yaml, set_dotted  # noqa: E402
+from sslzoo.arguments import asks_for_help, parse_overrides  # noqa: E402
+from sslzoo.config import Config, build, dotted_keys, read_yaml, set_dotted  # noqa: E402
 from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.eval.protocol import Protocol, load_protocol, to_dict  # noqa: E402
 from sslzoo.methods import METHODS, method_class  # noqa: E402
@@ -752,7 +753,7 @@ def write_results(results: dict, out: Path) -> None:
 
 @cli_entry
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help", "help"):
+    if asks_for_help(argv):
         print(__doc__)
         print(SETTINGS_FILE.read_text())
         return 0

@@ -51,8 +51,9 @@ from typing import Any
 
 import torch
 
+from sslzoo.arguments import REQUIRED, Option, Parser, asks_for_help
 from sslzoo.augment import CroppedViews, CropsAndParams, MultiCrop
-from sslzoo.config import RECIPES_DIR, Config, parse_overrides
+from sslzoo.config import RECIPES_DIR, Config
 from sslzoo.data import SeededViews, data_info, load_dataset, sample_seed
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.methods import METHODS
@@ -69,7 +70,21 @@ SHORTHANDS = {
     "workers": "data.num_workers",
     "data": "data.name",
 }
-BENCH_KEYS = {"method", "recipe", "suite", "steps", "warmup", "loader", "lightly", "out", "append"}
+PARSER = Parser(
+    "benchmarks/throughput.py",
+    {
+        "method": Option(list[str], REQUIRED, "the method(s): dino, dino,simclr or all"),
+        "recipe": Option(str | None, None, "one method's recipe (default: {method}_{suite})"),
+        "suite": Option(str, "fmnist", "fmnist | imagenet"),
+        "steps": Option(int | None, None, "measured steps (default 20 on GPU / 5 on CPU)"),
+        "warmup": Option(int | None, None, "warm-up steps (default 5 / 2)"),
+        "loader": Option(bool, True, "also the loader and the end-to-end rate"),
+        "lightly": Option(bool, True, "the lightly DINO reference"),
+        "out": Option(str | None, None, "the JSON path"),
+        "append": Option(bool, False, "add to the JSON instead of replacing it"),
+    },
+    rest="recipe",  # the shorthands and any dotted recipe key
+)
 MIB = 2**20
 LOADER_PROBE_IMAGES = 200  # images timed per photometric path (one thread)
 
@@ -87,12 +102,10 @@ def recipe_for(method: str, suite: str) -> str:
 
 def parse_args(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(benchmark options, recipe overrides)."""
-    args = parse_overrides(argv)
-    bench = {key: args.pop(key) for key in BENCH_KEYS if key in args}
-    overrides = {SHORTHANDS.get(key, key): value for key, value in args.items()}
-    if "method" not in bench:
-        raise UserError("name the method(s): method=dino, method=dino,simclr or method=all")
-    methods = METHODS.names() if bench["method"] == "all" else str(bench["method"]).split(",")
+    args = PARSER.parse(argv)
+    bench = {key: value for key, value in args.options.items() if value is not None}  # unset: the defaults below
+    overrides = {SHORTHANDS.get(key, key): value for key, value in args.passed["recipe"].items()}
+    methods = METHODS.names() if bench["method"] == ["all"] else bench["method"]
     if "recipe" in bench and len(methods) > 1:
         raise UserError("recipe= names one recipe: use it with a single method")
     bench["methods"] = methods
@@ -362,7 +375,7 @@ def write_results(records: list[dict[str, Any]], out: Path, append: bool) -> lis
 
 @cli_entry
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or asks_for_help(argv):
         print(__doc__)
         return 0
     bench, overrides = parse_args(argv)

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sslzoo.config import Config, available_recipes, parse_overrides
+from sslzoo.arguments import Option, Parser, asks_for_help
+from sslzoo.config import Config, available_recipes
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.rundir import RunDir
 
@@ -18,6 +19,7 @@ USAGE = """usage: python train.py recipe=NAME_OR_PATH [key=value ...]
 Trains the recipe (recipes/NAME.yaml or a YAML path). Any recipe key can be
 overridden with a dotted key, e.g. optim.lr=1e-3 trainer.max_steps=100.
 Recipes: {recipes}"""
+PARSER = Parser("train.py", {"recipe": Option(str | None, None, "a recipe name or YAML path")}, rest="recipe")
 
 
 def attached_callbacks(cfg: Config) -> list[Callback]:
@@ -36,16 +38,16 @@ def train(cfg: Config) -> Path:
 
 @cli_entry
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv or asks_for_help(argv):
         print(USAGE.format(recipes=", ".join(available_recipes())))
         return 0
-    overrides = parse_overrides(argv)
-    recipe = overrides.pop("recipe", None)
+    args = PARSER.parse(argv)
+    recipe, overrides = args.options["recipe"], args.passed["recipe"]
     if recipe is None:
         raise UserError(f"name a recipe: python train.py recipe=NAME ({', '.join(available_recipes())})")
     from sslzoo.recipes import load_config  # the method registry imports torch: not for --help
 
-    cfg = load_config(str(recipe), overrides)
+    cfg = load_config(recipe, overrides)
 
     from sslzoo.runtime import Stopped  # torch-heavy imports after the config is known good
 

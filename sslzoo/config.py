@@ -26,7 +26,6 @@ from sslzoo.errors import UserError
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULTS_FILE = PACKAGE_DIR / "defaults.yaml"
 RECIPES_DIR = PACKAGE_DIR.parent / "recipes"
-YAML11_WORDS = {"on", "off", "yes", "no", "y", "n"}
 RENAMED = {  # old dotted key -> its name now: one name per concept across methods
     "method.momentum_teacher": "method.momentum",  # DINO, iBOT: the EMA momentum m (cosine to 1)
     "method.momentum_base": "method.momentum",  # BYOL, MoCo v3: the same m
@@ -147,23 +146,6 @@ def read_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a mapping of keys to values")
     return data
-
-
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` with YAML-typed values."""
-    overrides: dict[str, Any] = {}
-    for arg in args:
-        key, sep, text = arg.partition("=")
-        if not sep or not key:
-            raise UserError(f"cannot read argument '{arg}': write overrides as key=value")
-        if text.lower() in YAML11_WORDS:  # keep on/off/yes/no as words (logger.wandb=off)
-            overrides[key] = text
-            continue
-        try:
-            overrides[key] = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            overrides[key] = text
-    return overrides
 
 
 def set_dotted(tree: dict, key: str, value: Any, valid: list[str]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sslzoo.config import RECIPES_DIR, available_recipes, parse_overrides, to_yaml
+from sslzoo.arguments import parse_overrides
+from sslzoo.config import RECIPES_DIR, available_recipes, to_yaml
 from sslzoo.errors import UserError
 from sslzoo.recipes import load_config, validate_run
 

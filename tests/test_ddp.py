@@ -70,7 +70,7 @@ def overrides(recipe: str, out_dir: Path, batch: int) -> list[str]:
 # One launch trains every recipe in turn, so that the processes import torch once.
 WORKER = """
 import json, sys
-from sslzoo.config import parse_overrides
+from sslzoo.arguments import parse_overrides
 from sslzoo.recipes import load_config
 from sslzoo.cli import train
 for recipe, args in json.loads(sys.argv[1]):
@@ -124,7 +124,7 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def initial_weights(recipe: str, tmp_path: Path) -> dict[str, torch.Tensor]:
     """The trainable weights every run starts from (built with seed 0, as rank 0 builds them)."""
-    from sslzoo.config import parse_overrides
+    from sslzoo.arguments import parse_overrides
     from sslzoo.methods import method_class
     from sslzoo.recipes import load_config
     from sslzoo.runtime import seed_everything
@@ -142,8 +142,8 @@ def test_two_processes_match_one_process_on_the_global_batch(
 ) -> None:
     if recipe not in ddp_runs:
         pytest.skip(f"recipe {recipe} does not exist yet")
+    from sslzoo.arguments import parse_overrides
     from sslzoo.cli import train
-    from sslzoo.config import parse_overrides
     from sslzoo.recipes import load_config
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from sslzoo.config import parse_overrides
+from sslzoo.arguments import Option, Parser, asks_for_help, command_of
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.eval.protocol import load_protocol, protocol_keys
 
@@ -30,6 +28,20 @@ folder (the checkpoint's folder), or out=DIR. Protocol keys (sslzoo/eval/protoco
 COMMANDS = ("knn", "linear", "all", "lowshot", "finetune")
 WEIGHTS_KEYS = ("backbone", "part")  # ckpt= options besides data.*
 LOWSHOT_KEYS = ("fractions", "shots", "draws")  # short forms of lowshot.fractions, ...
+PARSER = Parser(
+    "python -m sslzoo.eval",
+    {
+        "run": Option(str | None, None, "a training run's folder"),
+        "ckpt": Option(str | None, None, "a checkpoint, released weights or timm:ARCH.TAG"),
+        "out": Option(str | None, None, "the folder of the results"),
+        "backbone": Option(str | None, None, "with ckpt=: the backbone the weights load into"),
+        "part": Option(str | None, None, "with ckpt=: which network of the checkpoint"),
+        "fractions": Option(list[float] | None, None, "lowshot: label fractions"),
+        "shots": Option(list[int] | None, None, "lowshot: labelled images per class"),
+        "draws": Option(int | None, None, "lowshot: draws of each subset"),
+    },
+    rest="protocol",  # every other key is a protocol key (or data.* with ckpt=)
+)
 
 
 def percent(x: float) -> str:
@@ -51,31 +63,24 @@ def print_linear(record: dict) -> None:
     )
 
 
-def comma_list(value: object) -> object:
-    """``0.01,0.1`` (a string to YAML) -> ``[0.01, 0.1]``; a single number -> a one-item list."""
-    if isinstance(value, str):
-        return [yaml.safe_load(item) for item in value.split(",") if item.strip()]
-    return value if isinstance(value, list) else [value]
-
-
 @cli_entry
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv or asks_for_help(argv):
         print(USAGE.format(keys=", ".join(protocol_keys())))
         return 0
-    command, overrides = argv[0], parse_overrides(argv[1:])
-    if command not in COMMANDS:
-        raise UserError(f"unknown command '{command}': choose one of {', '.join(COMMANDS)}")
-    run, ckpt, out = overrides.pop("run", None), overrides.pop("ckpt", None), overrides.pop("out", None)
+    command, rest = command_of(argv, COMMANDS)
+    args = PARSER.parse(rest)
+    options, overrides = args.options, args.passed["protocol"]
+    run, ckpt, out = options["run"], options["ckpt"], options["out"]
     if (run is None) == (ckpt is None):
         raise UserError(f"name what to evaluate: python -m sslzoo.eval {command} run=RUN_DIR (or ckpt=PATH)")
-    weights = {key: overrides.pop(key) for key in WEIGHTS_KEYS if key in overrides}
+    weights = {key: options[key] for key in WEIGHTS_KEYS if options[key] is not None}
     data = {key: overrides.pop(key) for key in list(overrides) if key.startswith("data.")}
     for key in LOWSHOT_KEYS:
-        if key in overrides:
+        if options[key] is not None:
             if command != "lowshot":
                 raise UserError(f"{key}= is an option of lowshot, not of {command}")
-            overrides[f"lowshot.{key}"] = comma_list(overrides.pop(key)) if key != "draws" else overrides.pop(key)
+            overrides[f"lowshot.{key}"] = options[key]
     protocol = load_protocol(overrides)
 
     from sslzoo.eval import evaluate as ev
@@ -85,18 +90,18 @@ def main(argv: list[str]) -> int:
     if run is not None:
         if weights or data:
             raise UserError(f"{next(iter({**weights, **data}))}= applies to ckpt= weights; a run names its own")
-        if not Path(str(run)).is_dir():
+        if not Path(run).is_dir():
             raise UserError(f"run={run} is not a folder; pass a training run's trainer.out_dir")
-        subject = ev.from_run(Path(str(run)))
+        subject = ev.from_run(Path(run))
     else:
         subject = ev.from_weights(
-            str(ckpt),
-            None if weights.get("backbone") is None else str(weights["backbone"]),
-            None if weights.get("part") is None else str(weights["part"]),
+            ckpt,
+            options["backbone"],
+            options["part"],
             ev.official_data(data) if data else None,
-            Path(str(out)) if out is not None else None,
+            Path(out) if out is not None else None,
         )
-    results = RunDir(Path(str(out)) if out is not None else subject.out_dir)
+    results = RunDir(Path(out) if out is not None else subject.out_dir)
 
     def save(kind: EvalKind, record: dict) -> None:
         write_record(results.eval_record(kind), record, subject, protocol)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sslzoo.config import parse_overrides
+from sslzoo.arguments import REQUIRED, Option, Parser, asks_for_help, command_of
 from sslzoo.errors import UserError, cli_entry
-
-REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Option:
-    kind: type  # str, int, float or list (of str, written a,b,c)
-    default: Any
-    help: str
 
 
 @dataclass(frozen=True)
@@ -136,40 +126,44 @@ COMMANDS = {
     "attention": Command(
         "last-block [CLS] self-attention per head and thresholded masks of a ViT (DINO Figure 1), on any pictures",
         {
-            "run": Option(str, None, "the run folder (trainer.out_dir) of a ViT run"),
-            "ckpt": Option(str, None, CKPT_HELP),
-            "backbone": Option(str, None, BACKBONE_HELP),
-            "part": Option(str, None, PART_HELP),
+            "run": Option(str | None, None, "the run folder (trainer.out_dir) of a ViT run"),
+            "ckpt": Option(str | None, None, CKPT_HELP),
+            "backbone": Option(str | None, None, BACKBONE_HELP),
+            "part": Option(str | None, None, PART_HELP),
             "images": Option(str, "10", "N test images (one per class first), or a picture or folder of pictures"),
             "size": Option(int, 0, "pictures' shorter side in pixels (0: the backbone's own; DINO's demo: 480)"),
             "threshold": Option(float, 0.6, "masks keep this fraction of the attention mass (DINO: 0.6)"),
-            "out": Option(str, None, "PNG path (default: RUN/attention.png, or beside the weights)"),
+            "out": Option(str | None, None, "PNG path (default: RUN/attention.png, or beside the weights)"),
         },
         attention,
     ),
     "embeddings": Command(
         "t-SNE (or PCA) of the backbone features of the test set (or a picture folder), coloured by class",
         {
-            "runs": Option(list, None, RUNS_HELP),
-            "ckpt": Option(str, None, CKPT_HELP),
-            "backbone": Option(str, None, BACKBONE_HELP),
-            "part": Option(str, None, PART_HELP),
-            "images": Option(str, None, "a folder of pictures to embed instead of the test set (subfolders: classes)"),
-            "labels": Option(list, None, LABELS_HELP),
+            "runs": Option(list[str] | None, None, RUNS_HELP),
+            "ckpt": Option(str | None, None, CKPT_HELP),
+            "backbone": Option(str | None, None, BACKBONE_HELP),
+            "part": Option(str | None, None, PART_HELP),
+            "images": Option(
+                str | None, None, "a folder of pictures to embed instead of the test set (subfolders: classes)"
+            ),
+            "labels": Option(list[str] | None, None, LABELS_HELP),
             "points": Option(int, 2000, "test images (or pictures) to embed"),
             "projection": Option(str, "tsne", "tsne or pca"),
             "seed": Option(int, 0, "random state of the projection"),
-            "out": Option(str, None, "PNG path (default: FIRST_RUN/embeddings.png, or beside the weights)"),
+            "out": Option(str | None, None, "PNG path (default: FIRST_RUN/embeddings.png, or beside the weights)"),
         },
         embeddings,
     ),
     "dynamics": Command(
         "loss, lr, EMA momentum, teacher temperature and collapse diagnostics from metrics.jsonl",
         {
-            "runs": Option(list, REQUIRED, RUNS_HELP),
-            "labels": Option(list, None, LABELS_HELP),
-            "keys": Option(list, None, "logged keys to plot, comma-separated, or 'all' (default: the standard set)"),
-            "out": Option(str, None, "PNG path (default: FIRST_RUN/dynamics.png)"),
+            "runs": Option(list[str], REQUIRED, RUNS_HELP),
+            "labels": Option(list[str] | None, None, LABELS_HELP),
+            "keys": Option(
+                list[str] | None, None, "logged keys to plot, comma-separated, or 'all' (default: the standard set)"
+            ),
+            "out": Option(str | None, None, "PNG path (default: FIRST_RUN/dynamics.png)"),
         },
         dynamics,
     ),
@@ -184,63 +178,21 @@ COMMANDS = {
 def usage() -> str:
     lines = ["usage: python -m sslzoo.viz COMMAND key=value ...", ""]
     for name, command in COMMANDS.items():
-        lines.append(f"{name}: {command.summary}")
-        for key, option in command.options.items():
-            default = "required" if option.default is REQUIRED else f"default {option.default}"
-            lines.append(f"    {key}=  {option.help} ({default})")
+        lines += [f"{name}: {command.summary}", Parser(name, command.options).usage()]
     return "\n".join(lines)
-
-
-def coerce(key: str, value: Any, option: Option) -> Any:
-    if option.kind is list:
-        items = value if isinstance(value, list) else str(value).split(",")
-        items = [str(item).strip() for item in items if str(item).strip()]
-        if not items:
-            raise UserError(f"{key}= is empty")
-        return items
-    if option.kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if option.kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if option.kind is str and not isinstance(value, (list, dict)):
-        return str(value)
-    raise UserError(f"{key}={value!r} must be a{'n' if option.kind is int else ''} {option.kind.__name__}")
-
-
-def parse(name: str, argv: list[str]) -> dict[str, Any]:
-    """The command's options from ``key=value`` arguments, checked and typed."""
-    command = COMMANDS[name]
-    given = parse_overrides(argv)
-    for key in given:
-        if key not in command.options:
-            near = difflib.get_close_matches(key, list(command.options), n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise UserError(f"{name} has no option '{key}'{hint} (options: {', '.join(command.options)})")
-    options = {}
-    for key, option in command.options.items():
-        if key in given:
-            options[key] = coerce(key, given[key], option)
-        elif option.default is REQUIRED:
-            raise UserError(f"{name} needs {key}=: {option.help}")
-        else:
-            options[key] = option.default
-    return options
 
 
 @cli_entry
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv or asks_for_help(argv):
         print(usage())
         return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        near = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise UserError(f"unknown command '{name}'{hint}; commands: {', '.join(COMMANDS)}")
-    if rest and rest[0] in ("-h", "--help", "help"):
+    name, rest = command_of(argv, COMMANDS)
+    if asks_for_help(rest):
         print(usage())
         return 0
-    path = COMMANDS[name].make(parse(name, rest))
+    command = COMMANDS[name]
+    path = command.make(Parser(name, command.options).parse(rest).options)
     print(f"wrote {path}")
     return 0
 
