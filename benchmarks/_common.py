@@ -10,11 +10,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sslzoo.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "train.py"
 PRETRAIN_FILE = "pretrain.json"  # what pretrain() measured, kept in the run folder
+LOG_FILE = "train.log"  # the training subprocess's output, in the run folder
 
 
 def cli_value(value: Any) -> str:
@@ -73,15 +77,15 @@ def throughput(metrics: list[dict]) -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
-def pretrain(recipe: str, overrides: dict[str, Any], run_dir: Path, log_name: str = "train.log") -> Pretrain:
+def pretrain(recipe: str, overrides: dict[str, Any], run_dir: Path) -> Pretrain:
     """``python train.py recipe=... key=value ...`` in a subprocess writing into ``run_dir``.
 
     A subprocess isolates memory (its peak is its own) and failures (one crashed
-    method does not stop a benchmark). The output goes to ``run_dir/log_name``.
+    method does not stop a benchmark). The output goes to ``run_dir/LOG_FILE``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     command = train_command(recipe, {**overrides, "trainer.out_dir": str(run_dir)})
-    log = run_dir / log_name
+    log = run_dir / LOG_FILE
     with log.open("w") as handle:
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
@@ -134,6 +138,21 @@ def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretr
     return previous if same and snapshots_complete(run_dir, wanted.trainer.snapshot_every) else None
 
 
+def pretrain_or_reuse(
+    label: str, recipe: str, overrides: dict[str, Any], run_dir: Path, reuse: bool
+) -> tuple[Pretrain, bool]:
+    """(the run, whether it was reused): with ``reuse``, a finished run of the same config in ``run_dir``
+    (:func:`finished_run`), else a fresh :func:`pretrain`; says what it does, and a failure's last line."""
+    result = finished_run(run_dir, recipe, overrides) if reuse else None
+    if result is not None:
+        return result, True
+    print(f"[{label}] pre-training {overrides['trainer.max_steps']} steps -> {run_dir}", flush=True)
+    result = pretrain(recipe, overrides, run_dir)
+    if not result.ok:
+        print(f"[{label}] FAILED: {result.error} (log: {run_dir / LOG_FILE})", flush=True)
+    return result, False
+
+
 def snapshots_complete(run_dir: Path, every: int) -> bool:
     """Whether a finished run holds its snapshot of every ``every``-th step up to its last logged step."""
     from sslzoo.rundir import RunDir
@@ -156,3 +175,9 @@ def mean_std(values: list[float | None]) -> dict[str, float | int | None]:
     mean = sum(present) / len(present)
     std = math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1)) if len(present) > 1 else None
     return {"mean": mean, "std": std, "n": len(present)}
+
+
+def crops(cfg: Config) -> str:
+    """A run's views, e.g. ``2x28px + 4x12px``: global crops, then local crops where it has them."""
+    a = cfg.augment
+    return f"{a.global_crops}x{a.global_size}px" + (f" + {a.local_crops}x{a.local_size}px" if a.local_crops else "")

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import finished_run, pretrain  # noqa: E402
+from _common import pretrain_or_reuse  # noqa: E402
 
 from sslzoo.arguments import Option, Parser, asks_for_help  # noqa: E402
 from sslzoo.config import available_recipes  # noqa: E402
@@ -218,14 +218,9 @@ def run_experiment(experiment: Experiment, options: dict, train: dict, evaluator
     if experiment.recipe not in available_recipes():
         print(f"[{experiment.name}] skipped: recipe {experiment.recipe} does not exist", flush=True)
         return {**entry, "status": "skipped", "error": f"recipe {experiment.recipe} does not exist"}
-    result = finished_run(directory, experiment.recipe, overrides) if options["reuse"] else None
-    reused = result is not None
-    if result is None:
-        print(f"[{experiment.name}] training {entry['steps']} steps -> {directory}", flush=True)
-        result = pretrain(experiment.recipe, overrides, directory)
+    result, reused = pretrain_or_reuse(experiment.name, experiment.recipe, overrides, directory, options["reuse"])
     entry.update(reused=reused, command=" ".join(result.command[1:]), train_wall_s=result.wall_s, error=result.error)
     if not result.ok:
-        print(f"[{experiment.name}] FAILED: {result.error} (log: {directory / 'train.log'})", flush=True)
         return {**entry, "status": "failed"}
     RunDir(directory).checkpoint.unlink(missing_ok=True)  # backbone.pt is what gets evaluated
     subject = from_run(directory)

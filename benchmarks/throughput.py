@@ -38,7 +38,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import crops
 
 from sslzoo.arguments import REQUIRED, Option, Parser, asks_for_help
 from sslzoo.augment import CroppedViews, CropsAndParams, MultiCrop
@@ -57,7 +57,7 @@ from sslzoo.config import RECIPES_DIR, Config
 from sslzoo.data import SeededViews, data_info, load_dataset, sample_seed
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.methods import METHODS
-from sslzoo.provenance import provenance
+from sslzoo.provenance import cpu_model, provenance
 from sslzoo.recipes import load_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -146,12 +146,7 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    model = platform.processor() or "CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def pinned(views: list[torch.Tensor] | CroppedViews) -> list[torch.Tensor] | CroppedViews:
@@ -310,12 +305,6 @@ def loader_cpu_ms(cfg: Config, count: int) -> dict[str, float]:
         return costs
     finally:
         torch.set_num_threads(threads)
-
-
-def crops(cfg: Config) -> str:
-    aug = cfg.augment
-    text = f"{aug.global_crops}x{aug.global_size}"
-    return text + (f"+{aug.local_crops}x{aug.local_size}" if aug.local_crops else "")
 
 
 # --------------------------------------------------------------------------- output

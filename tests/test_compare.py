@@ -4,7 +4,6 @@ trainer's evaluation snapshots its kNN-against-minutes curves come from."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import signal
@@ -27,21 +26,16 @@ from sslzoo.methods import METHODS, method_class
 from sslzoo.rundir import RunDir
 from sslzoo.trainer import Stopped, Trainer
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "compare.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPT = BENCHMARKS / "compare.py"
 FILES = ("results.json", "results.md", "results.png", "loss_curves.png", "accuracy_curves.png", "knn_vs_minutes.png")
+sys.path.insert(0, str(BENCHMARKS))
 
-
-def load_compare():
-    spec = importlib.util.spec_from_file_location("compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load_compare()
-common = sys.modules["_common"]
+import _common as common  # noqa: E402
+import compare  # noqa: E402
+import compare_plan  # noqa: E402
+import compare_report  # noqa: E402
+from compare_results import KNN_KEY, LINEAR_KEY, SCHEMA, lowshot_row  # noqa: E402
 
 TINY = [
     "steps=2",
@@ -76,12 +70,12 @@ def test_compare_writes_every_file_with_the_schema(results: tuple[Path, dict]) -
     out, data = results
     assert all((out / name).is_file() for name in FILES)
     methods = METHODS.names()
-    assert data["schema"] == compare.SCHEMA
+    assert data["schema"] == SCHEMA
     assert [r["name"] for r in data["rows"]] == [*methods, "raw_pixels", "random_init"]
     for row in data["rows"]:
-        for key in (compare.KNN_KEY, compare.LINEAR_KEY):
+        for key in (KNN_KEY, LINEAR_KEY):
             assert 0.0 <= row[key]["mean"] <= 1.0 and row[key]["n"] == 1 and row[key]["std"] is None
-        assert row[compare.KNN_KEY]["k"] == 20
+        assert row[KNN_KEY]["k"] == 20
         if row["kind"] == "method":
             card = method_class(row["name"]).card
             assert (row["family"], row["target"]) == (card.family, card.target)
@@ -167,10 +161,10 @@ def test_a_run_is_reused_only_with_every_snapshot(results: tuple[Path, dict], tm
     config["trainer"]["out_dir"] = str(copy)
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     settings, train, _ = compare.parse([*TINY, "methods=simclr", "reuse=true", f"runs={tmp_path / 'runs'}"])
-    plan = compare.plan_runs(settings, train)[0]
-    assert compare.finished(settings, copy, plan.recipe, plan.overrides[0]) is not None
+    plan = compare_plan.plan_runs(settings, train)[0]
+    assert common.finished_run(copy, plan.recipe, plan.overrides[0]) is not None
     (copy / "snapshots" / "backbone_step000001.pt").unlink()
-    assert compare.finished(settings, copy, plan.recipe, plan.overrides[0]) is None
+    assert common.finished_run(copy, plan.recipe, plan.overrides[0]) is None
 
 
 # --------------------------------------------------------------------------- trainer snapshots
@@ -280,14 +274,26 @@ def test_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.Cap
     assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_lowshot_columns_are_optional_and_summarised_over_seeds() -> None:
+    assert compare.parse([])[0].lowshot is False
+    assert compare.parse(["lowshot=true"])[0].lowshot is True
+    seeds = [{"lowshot": {"1-shot": {"knn_top1": a, "linear_top1": b}}} for a, b in ((0.5, 0.6), (0.7, 0.8))]
+    row = lowshot_row(seeds)
+    assert row["1-shot"]["knn_top1"]["mean"] == pytest.approx(0.6)
+    results = {"rows": [{"name": "dino", "kind": "method", "lowshot": row}], "protocol": {"lowshot": {"draws": 3}}}
+    table = compare_report.lowshot_markdown(results)
+    assert "| method | 1-shot kNN | 1-shot linear |" in table and table[4].startswith("| dino | 60.00 ± 14.14")
+    assert compare_report.lowshot_markdown({"rows": [{"name": "dino", "kind": "method"}]}) == []
+
+
 def test_mean_and_sample_std_over_seeds() -> None:
     values = [0.81, 0.84, 0.8]
     stat = common.mean_std([*values, None])  # a failed seed is left out
     assert stat["n"] == 3 and stat["mean"] == pytest.approx(statistics.mean(values))
     assert stat["std"] == pytest.approx(statistics.stdev(values))
-    assert compare.pct(stat) == f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-    assert common.mean_std([0.5])["std"] is None and compare.pct(common.mean_std([0.5])) == "50.00"
-    assert compare.pct(common.mean_std([None])) == "failed"
+    assert compare_report.pct(stat) == f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+    assert common.mean_std([0.5])["std"] is None and compare_report.pct(common.mean_std([0.5])) == "50.00"
+    assert compare_report.pct(common.mean_std([None])) == "failed"
 
 
 def test_a_failing_run_is_recorded_not_fatal(tmp_path: Path) -> None:

@@ -112,26 +112,3 @@ def test_lowshot_options_belong_to_lowshot(capsys: pytest.CaptureFixture) -> Non
     with pytest.raises(SystemExit):
         eval_main(["knn", "run=.", "shots=1"])
     assert "shots= is an option of lowshot" in capsys.readouterr().err
-
-
-# --------------------------------------------------------------------------- benchmarks/compare.py's optional columns
-
-
-def test_compare_lowshot_columns_are_optional_and_summarised_over_seeds() -> None:
-    import importlib.util
-    import sys
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
-    spec = importlib.util.spec_from_file_location("compare", script)
-    compare = importlib.util.module_from_spec(spec)
-    sys.modules["compare"] = compare
-    spec.loader.exec_module(compare)
-    assert compare.parse([])[0].lowshot is False
-    assert compare.parse(["lowshot=true"])[0].lowshot is True
-    seeds = [{"lowshot": {"1-shot": {"knn_top1": a, "linear_top1": b}}} for a, b in ((0.5, 0.6), (0.7, 0.8))]
-    row = compare.lowshot_row(seeds)
-    assert row["1-shot"]["knn_top1"]["mean"] == pytest.approx(0.6)
-    results = {"rows": [{"name": "dino", "kind": "method", "lowshot": row}], "protocol": {"lowshot": {"draws": 3}}}
-    table = compare.lowshot_markdown(results)
-    assert "| method | 1-shot kNN | 1-shot linear |" in table and table[4].startswith("| dino | 60.00 ± 14.14")
-    assert compare.lowshot_markdown({"rows": [{"name": "dino", "kind": "method"}]}) == []

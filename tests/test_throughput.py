@@ -31,7 +31,7 @@ def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> No
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = json.loads(out.read_text())
-    assert record["data"] == "synthetic" and record["crops"] == "2x28+4x12" and record["batch_per_device"] == 4
+    assert record["data"] == "synthetic" and record["crops"] == "2x28px + 4x12px" and record["batch_per_device"] == 4
     for key in ("model_images_per_s", "loader_images_per_s", "end_to_end_images_per_s", "sslzoo_over_lightly"):
         assert record[key] > 0, key
     assert record["lightly"]["images_per_s"] > 0
@@ -42,4 +42,5 @@ def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> No
     assert "git_commit" in record["provenance"] and record["provenance"]["torch_version"] == torch.__version__
     assert record["model_images_per_s"] == 4 / record["model_step_s_median"]
     table = out.with_suffix(".md").read_text()
-    assert "| dino | vit_convstem_micro_28 | 2x28+4x12 | 4 | fp32 |" in table and "loader CPU ms/img, batched" in table
+    assert "| dino | vit_convstem_micro_28 | 2x28px + 4x12px | 4 | fp32 |" in table
+    assert "loader CPU ms/img, batched" in table

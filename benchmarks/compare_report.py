@@ -1,0 +1,170 @@
+"""The comparison's report: ``results.md``, written from the results file alone."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import yaml
+from compare_plots import CURVE_FIGURE
+from compare_results import BASELINE_LABELS, KNN_KEY, LINEAR_KEY, LOWSHOT_KINDS
+
+
+def lowshot_markdown(results: dict) -> list[str]:
+    """The low-shot columns as a second table (only with ``lowshot=true``)."""
+    rows = [r for r in results["rows"] if "lowshot" in r]
+    if not rows:
+        return []
+    settings = list(rows[0]["lowshot"])
+    low = results["protocol"]["lowshot"]
+    lines = [
+        f"Low-shot (offline, mean over {low['draws']} class-balanced draws of the training labels per setting; "
+        "`python -m sslzoo.eval lowshot`): kNN / linear top-1 (%).",
+        "",
+        "| method | " + " | ".join(f"{s} kNN | {s} linear" for s in settings) + " |",
+        "|---|" + "---|---|" * len(settings),
+    ]
+    for row in rows:
+        cells = [pct(row["lowshot"][s][kind]) for s in settings for kind in LOWSHOT_KINDS]
+        lines.append(f"| {label(row)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def pct(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "failed"
+    text = f"{100 * stat['mean']:.2f}"
+    return text + (f" ± {100 * stat['std']:.2f}" if stat["std"] is not None else "")
+
+
+def number(stat: dict | None, scale: float, digits: int) -> str:
+    if stat is None or stat["mean"] is None:
+        return "—"
+    text = f"{stat['mean'] / scale:.{digits}f}"
+    return text + (f" ± {stat['std'] / scale:.{digits}f}" if stat["std"] is not None else "")
+
+
+def markdown(results: dict) -> str:
+    """The whole report: the main table, the optional low-shot and curve tables, the verdicts, then
+    provenance and every run's config."""
+    lines = [*main_table(results), *lowshot_markdown(results), *curve_markdown(results), *verdicts(results)]
+    lines += [*provenance_markdown(results), "## Configs", ""]
+    for entry in results["runs"]:
+        if "config" in entry:
+            lines += details(f"{entry['name']} seed {entry['seed']} ({entry['recipe']})", entry["config"])
+    lines += details("evaluation protocol", results["protocol"])
+    return "\n".join(lines)
+
+
+def label(row: dict) -> str:
+    return BASELINE_LABELS[row["name"]] if row["kind"] == "baseline" else row["name"]
+
+
+def main_table(results: dict) -> list[str]:
+    s, protocol = results["settings"], results["protocol"]
+    k = protocol["knn"]["headline_k"]
+    n_seeds = len(s["seeds"])
+    spread = f"mean ± std over {n_seeds} seeds ({', '.join(map(str, s['seeds']))})" if n_seeds > 1 else "one seed"
+    memory_kinds = {r.get("peak_memory_kind") for r in results["rows"] if r.get("peak_memory_kind")}
+    lines = [
+        "# sslzoo side-by-side benchmark",
+        "",
+        f"All accuracies are **offline** top-1 (%) on the {results['dataset']} test split, from frozen backbones: "
+        f"weighted **kNN@{k}** (DINO eval_knn.py, T={protocol['knn']['temperature']}) and a **linear probe** "
+        f"({protocol['linear']['epochs']} epochs, DINO eval_linear.py). They are not the online probe "
+        "(`online_linear_top1`, logged during pre-training on augmented batches; see accuracy_curves.png).",
+        "",
+        f"Budget, identical for every method: {s['steps']} optimizer steps, batch {s['batch_size']}, backbone "
+        f"`{s['backbone']}`, local crops {s['local_crops']} where the method has them; {spread}.",
+        "",
+        f"| method | family | target policy | crops | kNN@{k} (offline) | linear top-1 (offline) | pre-train wall time "
+        f"(min) | images/s | peak memory (GB, {'/'.join(sorted(memory_kinds)) or 'n/a'}) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        accuracy = [pct(row[KNN_KEY]), pct(row[LINEAR_KEY])]
+        if row["kind"] == "baseline":
+            cells = [label(row), "—", "—", "—", *accuracy, "—", "—", "—"]
+        else:
+            cells = [row["name"], row["family"], row["target"], row["crops"], *accuracy]
+            cells += [
+                number(row["pretrain_wall_s"], 60, 1),
+                number(row["images_per_s"], 1, 0),
+                number(row["peak_memory_bytes"], 1e9, 2),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def verdicts(results: dict) -> list[str]:
+    """Whether each method beats the random-init backbone, and the runs that failed."""
+    lines = []
+    if any(r["name"] == "random_init" for r in results["rows"]):
+        beats = [
+            f"{r['name']}: kNN {yes_no(r['beats_random_init']['knn'])}, "
+            f"linear {yes_no(r['beats_random_init']['linear'])}"
+            for r in results["rows"]
+            if r["kind"] == "method"
+        ]
+        lines += ["Beats the random-init backbone: " + "; ".join(beats) + ".", ""]
+    failed = [f"{e['name']} seed {e['seed']}: {e['error']}" for e in results["runs"] if e["status"] != "ok"]
+    if failed:
+        lines += ["**Failed runs**: " + "; ".join(failed), ""]
+    return lines
+
+
+def provenance_markdown(results: dict) -> list[str]:
+    prov, seeds = results["provenance"], results["settings"]["seeds"]
+    hw = prov["hardware"]
+    return [
+        "## Provenance",
+        "",
+        f"- git commit: `{prov['git_commit']}`" + (" (uncommitted changes)" if prov["git_dirty"] else ""),
+        f"- torch {prov['torch_version']}, python {prov['software']['python']}, {prov['software']['platform']}",
+        f"- hardware: {hw['cpu']}, {hw['cpu_cores_usable']} usable cores, {hw['torch_threads']} torch threads, "
+        f"GPUs: {', '.join(hw['gpus']) or 'none'}",
+        f"- created: {prov['created']}; seeds: {', '.join(map(str, seeds))}",
+        f"- command: `python benchmarks/compare.py {' '.join(results['argv'])}`",
+        "",
+    ]
+
+
+def details(summary: str, data: dict) -> list[str]:
+    """``data`` as YAML in a folded block."""
+    text = yaml.safe_dump(data, sort_keys=False).rstrip()
+    return [f"<details><summary>{summary}</summary>", "", "```yaml", text, "```", "</details>", ""]
+
+
+def curve_markdown(results: dict) -> list[str]:
+    """The curve table: each method's training minutes and subset kNN at each fraction of the budget."""
+    curve, steps = results["curve"], results["settings"]["steps"]
+    rows = [r for r in results["rows"] if r.get("curve")]
+    if curve is None or not rows:
+        return []
+    k = curve["k"]
+    fractions = [str(Fraction(p["step"], steps)) for p in rows[0]["curve"]]
+    header = [f"{f} (step {p['step']})" for f, p in zip(fractions, rows[0]["curve"])]
+    lines = [
+        f"## Offline kNN@{k} against training minutes",
+        "",
+        f"Offline kNN@{k} (%) on a fixed subset, the first {curve['train_images']} training and "
+        f"{curve['test_images']} test images, at each 1/{curve['points']} of the budget ({CURVE_FIGURE}); each cell is "
+        "the training minutes so far · the kNN. Training minutes count data loading and steps, not start-up or "
+        "saving (less than the pre-train wall time above). Step 0 is the random-init backbone of the run's seed; "
+        "the last column is the final backbone of the table above, on the subset (whose smaller kNN memory scores "
+        "lower than the full split).",
+        "",
+        "| method | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(header),
+    ]
+    for row in rows:
+        cells = [f"{p['train_minutes']['mean']:.1f} min · {pct(p['knn_top1'])}" for p in row["curve"]]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    baselines = [r for r in results["rows"] if "subset_knn_top1" in r]
+    floors = [f"{BASELINE_LABELS[r['name']]} {pct(r['subset_knn_top1'])}" for r in baselines]
+    if floors:
+        lines += ["", "On the same subset: " + "; ".join(floors) + "."]
+    return [*lines, ""]
+
+
+def yes_no(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "NO")
