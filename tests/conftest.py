@@ -15,6 +15,16 @@ from sslzoo.recipes import load_config
 torch.set_num_threads(2)
 
 
+def one_line_error(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """What an entry point prints when it refuses ``argv``: exit 2 and one line starting with "error:"."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    return err
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Callable[..., Config]:
     """``tiny_config("dino_fmnist", **{"optim.lr": 1e-3})``: a recipe shrunk to a few

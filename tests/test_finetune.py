@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import one_line_error
 
 import sslzoo.eval.finetune as ft_module
 from sslzoo.backbones import build_model
@@ -161,16 +162,8 @@ def test_finetune_bad_input_is_one_line(
 ) -> None:
     quick = [a for a in ARGS if a.split("=")[0] not in {arg.split("=")[0] for arg in args}]
     argv = ["finetune", f"ckpt={weights}", f"backbone={VIT}", "data.name=fmnist", f"out={tmp_path}", *quick, *args]
-    with pytest.raises(SystemExit) as exit_info:
-        eval_main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and text in err and len(err.strip().splitlines()) == 1
+    assert text in one_line_error(eval_main, argv, capsys)
 
 
 def test_finetune_of_a_missing_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        eval_main(["finetune", f"run={tmp_path / 'nope'}"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "is not a folder" in err and len(err.strip().splitlines()) == 1
+    assert "is not a folder" in one_line_error(eval_main, ["finetune", f"run={tmp_path / 'nope'}"], capsys)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 
 import sslzoo.eval.evaluate
 from sslzoo.backbones import build_model
@@ -101,11 +102,7 @@ def test_lowshot_bad_input_is_one_line(
     weights: Path, args: list[str], text: str, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     argv = ["lowshot", f"ckpt={weights}", f"backbone={VIT}", "data.name=fmnist", f"out={tmp_path}", *QUICK, *args]
-    with pytest.raises(SystemExit) as exit_info:
-        eval_main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and text in err and len(err.strip().splitlines()) == 1
+    assert text in one_line_error(eval_main, argv, capsys)
 
 
 def test_lowshot_options_belong_to_lowshot(capsys: pytest.CaptureFixture) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 
 from sslzoo.backbones import build_model
 from sslzoo.config import Config, to_yaml
@@ -127,12 +128,7 @@ def test_the_card_table_lists_every_registered_method(tmp_path: Path) -> None:
 
 
 def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    return err
+    return one_line_error(main, argv, capsys)
 
 
 def test_bad_commands_and_options_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
