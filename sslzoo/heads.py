@@ -12,19 +12,28 @@ from lightly.models.modules.heads import DINOProjectionHead, ProjectionHead
 from torch import nn
 
 
-def dino_head(
+def dino_head_settings(
     in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool, batch_norm: bool = False
-) -> DINOProjectionHead:
-    """The DINO head; ``norm_last_layer`` fixes the prototypes' norms to 1 (weight_g frozen);
-    ``batch_norm`` adds BN after the hidden layers (main_dino.py ``--use_bn_in_head``); the Linear
-    layers before it lose the bias they have in DINOHead, which BN cancels."""
-    return DINOProjectionHead(
+) -> dict:
+    """lightly's DINOProjectionHead arguments for DINO's head; ``norm_last_layer`` fixes the prototypes'
+    norms to 1 (weight_g frozen); ``batch_norm`` adds BN after the hidden layers (main_dino.py
+    ``--use_bn_in_head``); the Linear layers before it lose the bias they have in DINOHead, which BN cancels."""
+    return dict(
         input_dim=in_dim,
         hidden_dim=hidden_dim,
         bottleneck_dim=bottleneck_dim,
         output_dim=out_dim,
         batch_norm=batch_norm,
         norm_last_layer=norm_last_layer,
+    )
+
+
+def dino_head(
+    in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, norm_last_layer: bool, batch_norm: bool = False
+) -> DINOProjectionHead:
+    """The DINO head (:func:`dino_head_settings`)."""
+    return DINOProjectionHead(
+        **dino_head_settings(in_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer, batch_norm)
     )
 
 

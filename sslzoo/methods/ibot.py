@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from sslzoo.backbones import MODELS, Backbone
 from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
+from sslzoo.heads import dino_head_settings
 from sslzoo.losses.dino import DINOLoss, distillation_terms
 from sslzoo.losses.ibot import MaskedPatchLoss
 from sslzoo.masking import BlockMasking
@@ -64,14 +65,7 @@ class IBOTHead(DINOProjectionHead):
         shared_head: bool,
         batch_norm: bool,
     ) -> None:
-        super().__init__(
-            input_dim=in_dim,
-            hidden_dim=hidden_dim,
-            bottleneck_dim=bottleneck_dim,
-            output_dim=out_dim,
-            batch_norm=batch_norm,
-            norm_last_layer=norm_last_layer,
-        )
+        super().__init__(**dino_head_settings(in_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer, batch_norm))
         norms = [i for i, layer in enumerate(self.layers) if isinstance(layer, nn.BatchNorm1d)]
         for i in norms[1:]:  # one BN module (weights and statistics) at every hidden layer
             self.layers[i] = self.layers[norms[0]]
