@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sslzoo.config import Config
+    from sslzoo.config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "train.py"
@@ -177,7 +177,7 @@ def mean_std(values: list[float | None]) -> dict[str, float | int | None]:
     return {"mean": mean, "std": std, "n": len(present)}
 
 
-def crops(cfg: Config) -> str:
+def crops(cfg: RunConfig) -> str:
     """A run's views, e.g. ``2x28px + 4x12px``: global crops, then local crops where it has them."""
     a = cfg.augment
     return f"{a.global_crops}x{a.global_size}px" + (f" + {a.local_crops}x{a.local_size}px" if a.local_crops else "")

@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from sslzoo.config import Config, build, dotted_keys, read_yaml, set_dotted
+from sslzoo.build import check_method
+from sslzoo.config import RunConfig, build, dotted_keys, read_yaml, set_dotted
 from sslzoo.errors import UserError
 from sslzoo.methods import METHODS, method_class
 from sslzoo.recipes import load_config
@@ -54,7 +55,7 @@ class Plan:
 
     method: str
     recipe: str
-    configs: dict[int, Config]
+    configs: dict[int, RunConfig]
     overrides: dict[int, dict[str, Any]]
 
 
@@ -137,7 +138,7 @@ def plan_runs(settings: Settings, train_overrides: dict[str, Any]) -> list[Plan]
                 **train_overrides,
             }
             cfg = load_config(recipe, {**overrides, "trainer.out_dir": str(run_dir(settings, method, seed))})
-            method_class(method).check_config(cfg)
+            check_method(cfg)
             plan.configs[seed], plan.overrides[seed] = cfg, overrides
         plans.append(plan)
     check_same_data(plans)

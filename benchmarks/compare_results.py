@@ -17,7 +17,7 @@ from sslzoo.methods import method_class
 if TYPE_CHECKING:
     from compare_plan import Settings
 
-    from sslzoo.config import Config
+    from sslzoo.config import RunConfig
 
 SCHEMA = "sslzoo-compare/1"
 RESULTS_FILE = "results.json"
@@ -176,7 +176,7 @@ def curve_info(settings: Settings, headline_k: int, train_images: int, test_imag
 
 def document(
     settings: Settings,
-    cfg: Config,
+    cfg: RunConfig,
     protocol: dict,
     curve: dict | None,
     rows: list[dict],

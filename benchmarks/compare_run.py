@@ -18,7 +18,7 @@ from sslzoo.provenance import provenance, provenance_since
 from sslzoo.rundir import RunDir
 
 if TYPE_CHECKING:  # for the annotations only: this module imports sslzoo.eval.evaluate where it uses it
-    from sslzoo.config import Config
+    from sslzoo.config import RunConfig
     from sslzoo.eval.evaluate import Evaluator, Features, Subject
 
 
@@ -140,7 +140,7 @@ def run_method(settings: Settings, plan: Plan, seed: int, evaluator: Evaluator, 
 
 
 def run_baseline(
-    name: str, settings: Settings, cfg: Config, seed: int, evaluator: Evaluator, curve: Evaluator | None
+    name: str, settings: Settings, cfg: RunConfig, seed: int, evaluator: Evaluator, curve: Evaluator | None
 ) -> dict:
     """Evaluate a baseline offline and, with ``curve``, on the curve's subset."""
     from sslzoo.eval.evaluate import random_init, raw_pixels

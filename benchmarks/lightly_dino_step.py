@@ -30,14 +30,14 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from sslzoo.backbones import build_model, feature_dim
-from sslzoo.config import Config
+from sslzoo.config import RunConfig
 from sslzoo.data import data_info
 
 
 class LightlyDINO(nn.Module):
     """Student and teacher as in lightly's example: backbone + DINOProjectionHead each."""
 
-    def __init__(self, backbone: nn.Module, input_dim: int, cfg: Config) -> None:
+    def __init__(self, backbone: nn.Module, input_dim: int, cfg: RunConfig) -> None:
         super().__init__()
         hp = cfg.method
         head = dict(
@@ -64,7 +64,7 @@ class LightlyDINO(nn.Module):
 class LightlyDINOStep:
     """The body of lightly's example training loop, for one batch of views."""
 
-    def __init__(self, cfg: Config, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> None:
         hp = cfg.method
         backbone = build_model(cfg.model.backbone, in_chans=data_info(cfg.data).channels, drop_path=cfg.model.drop_path)
         self.model = LightlyDINO(backbone, feature_dim(backbone), cfg).to(device)

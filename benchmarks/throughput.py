@@ -53,7 +53,7 @@ from _common import crops
 
 from sslzoo.arguments import REQUIRED, Option, Parser, asks_for_help
 from sslzoo.augment import CroppedViews, CropsAndParams, MultiCrop
-from sslzoo.config import RECIPES_DIR, Config
+from sslzoo.config import RECIPES_DIR, RunConfig
 from sslzoo.data import SeededViews, data_info, load_dataset, sample_seed
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.methods import METHODS
@@ -185,7 +185,7 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
     from sslzoo.trainer import Trainer
 
     recipe = str(bench.get("recipe") or recipe_for(method, str(bench.get("suite", "fmnist"))))
-    cfg: Config = load_config(recipe, {**overrides, "trainer.out_dir": out_dir, "resume": "none"})
+    cfg: RunConfig = load_config(recipe, {**overrides, "trainer.out_dir": out_dir, "resume": "none"})
     if cfg.method.name != method:
         raise UserError(f"recipe {recipe} trains {cfg.method.name}, not {method}")
     gpu = cfg.trainer.device != "cpu" and torch.cuda.is_available()
@@ -282,7 +282,7 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
     return record
 
 
-def loader_cpu_ms(cfg: Config, count: int) -> dict[str, float]:
+def loader_cpu_ms(cfg: RunConfig, count: int) -> dict[str, float]:
     """CPU milliseconds of a loader worker's work per source image (read, crops, and the photometric stage
     on the ``per_image`` path), on one thread in this process, for both values of ``augment.photometric``;
     collation and the copy between processes are not included. 1000 / ms is images/s per worker."""

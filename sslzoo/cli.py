@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sslzoo.arguments import Option, Parser, asks_for_help
-from sslzoo.config import Config, available_recipes
+from sslzoo.config import RunConfig, available_recipes
 from sslzoo.errors import UserError, cli_entry
 from sslzoo.rundir import RunDir
 
@@ -22,14 +22,14 @@ Recipes: {recipes}"""
 PARSER = Parser("train.py", {"recipe": Option(str | None, None, "a recipe name or YAML path")}, rest="recipe")
 
 
-def attached_callbacks(cfg: Config) -> list[Callback]:
+def attached_callbacks(cfg: RunConfig) -> list[Callback]:
     """What a run of ``cfg`` attaches to the training loop: the online probe when ``trainer.online_probe``."""
     from sslzoo.eval.online_probe import online_probe_callbacks
 
     return online_probe_callbacks(cfg)
 
 
-def train(cfg: Config) -> Path:
+def train(cfg: RunConfig) -> Path:
     """Train ``cfg`` to completion (or resume it), with its callbacks; returns the run folder."""
     from sslzoo.trainer import Trainer
 

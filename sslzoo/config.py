@@ -110,7 +110,7 @@ class LoggerConfig:
 
 
 @dataclass
-class Config:
+class RunConfig:
     recipe: str
     seed: int
     resume: str  # auto | none | path to a checkpoint
@@ -242,7 +242,7 @@ def build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def to_yaml(cfg: Config) -> str:
+def to_yaml(cfg: RunConfig) -> str:
     """The fully resolved config as YAML (what ``config.yaml`` in a run holds)."""
     tree = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "raw"}
     return yaml.safe_dump(tree, sort_keys=False)

@@ -16,7 +16,7 @@ import yaml
 from tqdm import tqdm
 
 from sslzoo.callbacks import Callback
-from sslzoo.config import Config, to_yaml
+from sslzoo.config import RunConfig, to_yaml
 from sslzoo.errors import UserError
 from sslzoo.rundir import RunDir
 
@@ -30,7 +30,7 @@ def write_text(path: Path, text: str, mode: str = "w") -> None:
         raise UserError(f"could not write {path} ({err.strerror}); free some disk space, then resume") from None
 
 
-def saved_config(cfg: Config, callbacks: Sequence[Callback]) -> str:
+def saved_config(cfg: RunConfig, callbacks: Sequence[Callback]) -> str:
     """The text of a run's ``config.yaml``: the resolved config, and under ``callbacks`` the settings of
     what the entry point attached to the loop (the online probe's), where anything was."""
     settings = {callback.name: callback.settings for callback in callbacks}
@@ -48,7 +48,7 @@ def record_step(line: str) -> float:
 class MetricsLog:
     """``metrics.jsonl`` plus, when asked for, wandb (never fatal if the network is down)."""
 
-    def __init__(self, cfg: Config, run: RunDir, resumed_step: int) -> None:
+    def __init__(self, cfg: RunConfig, run: RunDir, resumed_step: int) -> None:
         self.path = run.metrics
         self.truncate_after(resumed_step)
         self.wandb = None

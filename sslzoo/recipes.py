@@ -18,7 +18,7 @@ from typing import Any
 from sslzoo.config import (
     DEFAULTS_FILE,
     RECIPES_DIR,
-    Config,
+    RunConfig,
     available_recipes,
     build,
     dotted_keys,
@@ -105,16 +105,16 @@ def method_name(tree: dict) -> str:
     return str(method_tree["name"])
 
 
-def validate(tree: dict, method_schema: type) -> Config:
-    """Validate a resolved tree into a :class:`Config`, its method section into ``method_schema``."""
-    config = build(Config, {**tree, "method": {}}, "")
+def validate(tree: dict, method_schema: type) -> RunConfig:
+    """Validate a resolved tree into a :class:`RunConfig`, its method section into ``method_schema``."""
+    config = build(RunConfig, {**tree, "method": {}}, "")
     config.method = build(method_schema, tree["method"], "method")
     config.raw = tree
     check_ranges(config)
     return config
 
 
-def check_ranges(cfg: Config) -> None:
+def check_ranges(cfg: RunConfig) -> None:
     need(cfg.data.batch_size > 0, "data.batch_size must be a positive integer")
     need(cfg.data.num_workers >= 0, "data.num_workers must be 0 or more")
     need(cfg.trainer.epochs > 0, "trainer.epochs must be a positive integer")
@@ -157,11 +157,11 @@ def check_ranges(cfg: Config) -> None:
     )
 
 
-def validate_run(tree: dict) -> Config:
+def validate_run(tree: dict) -> RunConfig:
     """Validate a resolved tree, its ``method`` section by the registered method's ``Config``."""
     return validate(tree, method_class(method_name(tree)).Config)
 
 
-def load_config(recipe: str, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(recipe: str, overrides: dict[str, Any] | None = None) -> RunConfig:
     """The validated config of ``recipe`` with dotted ``overrides`` applied."""
     return validate_run(resolve(recipe, overrides or {}))

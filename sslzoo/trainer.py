@@ -17,14 +17,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sslzoo.augment import CroppedViews, CropsAndParams, DeviceViews, MultiCrop
+from sslzoo.build import build_method, check_method
 from sslzoo.callbacks import Callback
 from sslzoo.checkpoint import FORMAT, atomic_save, load_checkpoint
-from sslzoo.config import Config
+from sslzoo.config import RunConfig
 from sslzoo.data import ResumableSampler, SeededViews, data_info, load_dataset
 from sslzoo.diagnostics import collapse_metrics
 from sslzoo.distributed import sync_batchnorm
 from sslzoo.errors import UserError
-from sslzoo.methods import Method, method_class
+from sslzoo.methods import Method
 from sslzoo.metrics_log import MetricsLog, NonFiniteSteps, saved_config, write_text
 from sslzoo.optim import apply_schedules, build_optimizer, clip_gradients, parameter_groups, scaled_lr
 from sslzoo.rundir import RunDir
@@ -50,7 +51,7 @@ from sslzoo.schedules import Clock
 class Trainer:
     """Builds data, method and optimizer from a config and runs the optimizer steps."""
 
-    def __init__(self, cfg: Config, callbacks: Sequence[Callback] = ()) -> None:
+    def __init__(self, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
         self.ddp = init_distributed(
             cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,8 +64,7 @@ class Trainer:
 
         info = data_info(cfg.data)
         base = load_dataset(cfg.data, "pretrain")
-        method_cls = method_class(cfg.method.name)
-        method_cls.check_config(cfg)
+        check_method(cfg)
         self.sampler = ResumableSampler(len(base), cfg.data.batch_size, cfg.seed, self.ddp.rank, self.ddp.world_size)
         if self.sampler.batches_per_epoch == 0:
             raise UserError(f"the dataset has {len(base)} images, fewer than one batch: lower data.batch_size")
@@ -91,7 +91,7 @@ class Trainer:
         total = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
         self.clock = Clock(0, total, steps_per_epoch, cfg.trainer.epochs)
 
-        self.method: Method = method_cls(cfg).to(self.device)
+        self.method: Method = build_method(cfg).to(self.device)
         if self.ddp.world_size > 1:
             self.method = sync_batchnorm(self.method, self.device)
         self.memory_format = torch.preserve_format  # NHWC gains nothing measurable on CPUs

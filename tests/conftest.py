@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from sslzoo.config import Config
+from sslzoo.config import RunConfig
 from sslzoo.recipes import load_config
 
 torch.set_num_threads(2)
@@ -26,11 +26,11 @@ def one_line_error(main: Callable[[list[str]], int], argv: list[str], capsys: py
 
 
 @pytest.fixture
-def tiny_config(tmp_path: Path) -> Callable[..., Config]:
+def tiny_config(tmp_path: Path) -> Callable[..., RunConfig]:
     """``tiny_config("dino_fmnist", **{"optim.lr": 1e-3})``: a recipe shrunk to a few
     CPU steps on real Fashion-MNIST, writing into a temporary run folder."""
 
-    def make(recipe: str, **overrides: Any) -> Config:
+    def make(recipe: str, **overrides: Any) -> RunConfig:
         small = {
             "trainer.out_dir": str(tmp_path / "run"),
             "trainer.max_steps": 3,

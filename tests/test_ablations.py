@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sslzoo.methods import method_class
+from sslzoo.build import build_method
 from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
 
@@ -40,11 +40,11 @@ def test_dino_ablations_switch_off_centring_or_sharpening() -> None:
 def test_byol_ablations_drop_the_predictor_or_make_the_target_the_online_network() -> None:
     from torch import nn
 
-    no_predictor = method_class("byol")(config_of("byol_no_predictor"))
+    no_predictor = build_method(config_of("byol_no_predictor"))
     assert isinstance(no_predictor.predictor, nn.Identity)
-    momentum0 = method_class("byol")(config_of("byol_momentum0", steps=10))
+    momentum0 = build_method(config_of("byol_momentum0", steps=10))
     assert all(momentum0.momentum(Clock(step, 10, 5, 10)) == 0.0 for step in range(10))
-    reference = method_class("byol")(config_of(f"byol_b{ablations.BATCH_SIZES[0]}", steps=10))
+    reference = build_method(config_of(f"byol_b{ablations.BATCH_SIZES[0]}", steps=10))
     assert not isinstance(reference.predictor, nn.Identity) and reference.momentum(Clock(0, 10, 5, 10)) > 0.9
 
 

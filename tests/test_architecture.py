@@ -153,3 +153,14 @@ def test_training_imports_no_evaluation():
     reached = imported_by(graph, f"{PACKAGE}.trainer")
     assert {f"{PACKAGE}.runtime", f"{PACKAGE}.metrics_log", f"{PACKAGE}.callbacks"} <= reached
     assert sorted(m for m in reached if m.startswith(f"{PACKAGE}.eval")) == []
+
+
+def test_methods_import_neither_the_run_config_nor_the_data_module():
+    """A method is built from its own recipe section (``MethodSetup``), which ``sslzoo.build`` makes."""
+    graph = import_graph()
+    outside = {f"{PACKAGE}.config", f"{PACKAGE}.data"}
+    assert outside <= imported_by(graph, f"{PACKAGE}.build")  # the check would see them
+    methods = [m for m in graph if m.startswith((f"{PACKAGE}.methods", f"{PACKAGE}.losses"))]
+    assert len(methods) > 5
+    reached = {m: sorted(imported_by(graph, m) & outside) for m in methods}
+    assert {m: r for m, r in reached.items() if r} == {}

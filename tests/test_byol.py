@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sslzoo.build import check_method
 from sslzoo.losses.byol import RegressionLoss
-from sslzoo.methods import method_class
 from sslzoo.recipes import load_config
 
 regression_loss = RegressionLoss()
@@ -38,7 +38,7 @@ def test_regression_loss_stops_the_gradient_into_the_target():
 @pytest.mark.parametrize("recipe", ["byol_r50", "byol_fmnist"])
 def test_recipes_validate_with_the_paper_head(recipe):
     cfg = load_config(recipe)
-    method_class("byol").check_config(cfg)
+    check_method(cfg)
     hp = cfg.method
     assert (hp.proj_layers, hp.out_dim, hp.proj_last_bn, hp.pred_last_bn) == (2, 256, False, False)
     assert cfg.augment.blur_p == [1.0, 0.1] and cfg.augment.solarize_p == [0.0, 0.2]

@@ -125,14 +125,14 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def initial_weights(recipe: str, tmp_path: Path) -> dict[str, torch.Tensor]:
     """The trainable weights every run starts from (built with seed 0, as rank 0 builds them)."""
     from sslzoo.arguments import parse_overrides
-    from sslzoo.methods import method_class
+    from sslzoo.build import build_method
     from sslzoo.recipes import load_config
     from sslzoo.runtime import seed_everything
 
     args = parse_overrides(overrides(recipe, tmp_path / "init", PER_RANK_BATCH)[1:])
     cfg = load_config(recipe, args)
     seed_everything(cfg.seed)
-    method = method_class(cfg.method.name)(cfg)
+    method = build_method(cfg)
     return {name: p.detach().clone() for name, p in method.named_parameters() if p.requires_grad}
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sslzoo.backbones import build_model
+from sslzoo.build import build_method
 from sslzoo.cli import train
 from sslzoo.losses.dino import DINOLoss
-from sslzoo.methods import method_class
 from sslzoo.schedules import Clock
 
 
@@ -68,7 +68,7 @@ def test_step_teacher_has_no_gradient_and_follows_the_student(tiny_config):
     cfg = tiny_config(
         "dino_fmnist", **{"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16}
     )
-    method = method_class("dino")(cfg)
+    method = build_method(cfg)
     clock = Clock(step=5, total_steps=10, steps_per_epoch=2, epochs=5)
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.randn(4, 1, 12, 12)]
     out = method(views, clock)
@@ -92,9 +92,9 @@ def test_step_teacher_has_no_gradient_and_follows_the_student(tiny_config):
 
 def test_bn_in_head_normalises_the_hidden_layers_of_student_and_teacher(tiny_config):
     small = {"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16}
-    plain = method_class("dino")(tiny_config("dino_fmnist", **small, **{"method.use_bn_in_head": False}))
+    plain = build_method(tiny_config("dino_fmnist", **small, **{"method.use_bn_in_head": False}))
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
-    method = method_class("dino")(tiny_config("dino_fmnist", **small, **{"method.use_bn_in_head": True}))
+    method = build_method(tiny_config("dino_fmnist", **small, **{"method.use_bn_in_head": True}))
     for encoder in (method.student, method.teacher.net):
         norms = [m for m in encoder.head.modules() if isinstance(m, torch.nn.BatchNorm1d)]
         assert [n.num_features for n in norms] == [32, 32]  # after each hidden layer (main_dino.py DINOHead)
@@ -107,7 +107,7 @@ def test_last_layer_is_frozen_during_the_first_epoch(tiny_config):
     cfg = tiny_config(
         "dino_fmnist", **{"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16}
     )
-    method = method_class("dino")(cfg)
+    method = build_method(cfg)
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)]
     for step, frozen in ((0, True), (9, False)):
         method.zero_grad()
@@ -122,7 +122,7 @@ def test_teacher_temperature_warms_up_linearly(tiny_config):
     cfg = tiny_config(
         "dino_vits16_boosted", **{"data.name": "fmnist", "model.backbone": "vit_micro_patch4_28", "method.out_dim": 64}
     )
-    method = method_class("dino")(cfg)
+    method = build_method(cfg)
     clock = Clock(step=0, total_steps=300, steps_per_epoch=1, epochs=300)
     assert method.distillation.teacher_temp(clock) == pytest.approx(0.04)
     assert method.distillation.teacher_temp(clock.at(15)) == pytest.approx(0.055)

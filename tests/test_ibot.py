@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+from sslzoo.build import build_method, check_method
 from sslzoo.checkpoint import load_checkpoint
 from sslzoo.errors import UserError
 from sslzoo.losses.dino import DINOLoss
 from sslzoo.losses.ibot import MaskedPatchLoss
-from sslzoo.methods import method_class
 from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
 from sslzoo.trainer import Trainer
@@ -30,9 +30,7 @@ CLOCK = Clock(step=0, total_steps=100, steps_per_epoch=10, epochs=10)
 
 def make_ibot(tiny_config, **overrides):
     cfg = tiny_config("ibot_fmnist", **{**SMALL_HEAD, **overrides})
-    cls = method_class("ibot")
-    cls.check_config(cfg)
-    return cls(cfg)
+    return build_method(cfg)
 
 
 def fmnist_views(batch: int = 4, n_local: int = 4) -> list[torch.Tensor]:
@@ -272,7 +270,7 @@ def test_teacher_temperatures_warm_up_separately(tiny_config):
 )
 def test_bad_settings_are_refused(tiny_config, overrides, message):
     with pytest.raises(UserError, match=message):
-        method_class("ibot").check_config(tiny_config("ibot_fmnist", **overrides))
+        check_method(tiny_config("ibot_fmnist", **overrides))
 
 
 @pytest.mark.parametrize("recipe, grid", [("ibot_fmnist", 7), ("ibot_vits16", 14)])

@@ -2,7 +2,7 @@
 (``sslzoo/methods/__init__.py``): registering a method runs these tests on it.
 
 - recipes at both scales: ``<name>_fmnist`` (the CPU one) and at least one ``<name>_*`` ImageNet recipe
-  (``data.name: imagefolder``), each naming the method and accepted by its ``check_config``;
+  (``data.name: imagefolder``), each naming the method and accepted by its ``check_setup``;
 - a card (``MethodCard``) with every field filled in, a known family, and a row in the README's method table;
 - a finite, differentiable loss on a tiny batch, with detached embeddings and probe features;
 - a training step under bf16 autocast on the CPU, its loss in fp32 and its weights fp32;
@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from sslzoo.backbones import build_model
-from sslzoo.config import Config, available_recipes
+from sslzoo.build import build_method, check_method
+from sslzoo.config import RunConfig, available_recipes
 from sslzoo.data import data_info
 from sslzoo.methods import METHODS, MethodCard, method_class
 from sslzoo.recipes import load_config
@@ -36,16 +37,16 @@ BATCH = 8
 STEPS = 4  # the run's length: the schedules of a 4-step run
 
 
-def recipe_configs(name: str) -> dict[str, Config]:
+def recipe_configs(name: str) -> dict[str, RunConfig]:
     """Every recipe named ``<name>_*``."""
     return {r: load_config(r) for r in available_recipes() if r.startswith(f"{name}_")}
 
 
-def small(tiny_config: Callable[..., Config], name: str, **overrides: object) -> Config:
+def small(tiny_config: Callable[..., RunConfig], name: str, **overrides: object) -> RunConfig:
     return tiny_config(f"{name}_fmnist", **{"data.batch_size": BATCH, "trainer.max_steps": STEPS, **overrides})
 
 
-def random_views(cfg: Config) -> list[torch.Tensor]:
+def random_views(cfg: RunConfig) -> list[torch.Tensor]:
     """One batch of normalised views, of the sizes the recipe's crops have."""
     aug, channels = cfg.augment, data_info(cfg.data).channels
     sizes = [aug.global_size] * aug.global_crops + [aug.local_size] * aug.local_crops
@@ -77,7 +78,7 @@ def test_recipes_at_both_scales(name: str) -> None:
     assert configs[f"{name}_fmnist"].data.name == "fmnist"
     for recipe, cfg in configs.items():
         assert cfg.method.name == name, f"{recipe} trains {cfg.method.name}"
-        method_class(name).check_config(cfg)
+        check_method(cfg)
 
 
 def test_card_is_filled_in_and_in_the_readme(name: str) -> None:
@@ -93,7 +94,7 @@ def test_card_is_filled_in_and_in_the_readme(name: str) -> None:
 def test_finite_loss_on_a_tiny_batch(name: str, tiny_config) -> None:
     cfg = small(tiny_config, name)
     torch.manual_seed(0)
-    method = method_class(name)(cfg).train()
+    method = build_method(cfg).train()
     out = method(random_views(cfg), Clock(0, STEPS, STEPS, cfg.trainer.epochs))
     assert out.loss.dim() == 0 and torch.isfinite(out.loss) and out.loss.requires_grad
     assert all(isinstance(v, (int, float)) for v in out.logs.values()), "logs are plain numbers"

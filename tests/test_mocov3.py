@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from sslzoo.backbones import build_model, zero_init_residual
+from sslzoo.build import build_method, check_method
 from sslzoo.errors import UserError
 from sslzoo.losses.mocov3 import ContrastiveLoss
-from sslzoo.methods import method_class
 from sslzoo.optim import parameter_groups
 from sslzoo.recipes import load_config
 from sslzoo.trainer import Trainer
@@ -146,7 +146,7 @@ PATCH_VIT = {"model.backbone": "vit_micro_patch4_28", "method.freeze_patch_embed
 def test_fixed_sincos_embedding_and_frozen_patch_projection(tiny_config):
     cfg = tiny_config("mocov3_fmnist", **PATCH_VIT)
     torch.manual_seed(0)
-    method = method_class("mocov3")(cfg)
+    method = build_method(cfg)
     vit = method.online.backbone.model
     grid = vit.patch_embed.grid_size[0]
     torch.testing.assert_close(vit.pos_embed[0], vits_sincos(grid, vit.embed_dim), atol=1e-5, rtol=0)
@@ -173,10 +173,10 @@ def test_vit_options_are_refused_for_resnets_and_resnet_options_for_vits():
     for key in ("sincos_pos_embed", "freeze_patch_embed"):
         cfg = load_config("mocov3_r50", {f"method.{key}": True})
         with pytest.raises(UserError, match=key):
-            method_class("mocov3").check_config(cfg)
+            check_method(cfg)
     cfg = load_config("mocov3_vits16", {"method.zero_init_residual": True})
     with pytest.raises(UserError, match="zero_init_residual"):
-        method_class("mocov3").check_config(cfg)
+        check_method(cfg)
 
 
 def test_zero_init_residual_makes_every_block_start_as_the_identity():
@@ -190,7 +190,7 @@ def test_zero_init_residual_makes_every_block_start_as_the_identity():
 @pytest.mark.parametrize("recipe", ["mocov3_vits16", "mocov3_r50", "mocov3_fmnist"])
 def test_recipes_validate(recipe):
     cfg = load_config(recipe)
-    method_class("mocov3").check_config(cfg)
+    check_method(cfg)
     vit = cfg.model.backbone.startswith("vit")
     assert cfg.method.proj_layers == (3 if vit else 2)  # builder.py: 3-layer projector for ViTs, 2 for ResNets
     assert cfg.method.pred_last_bn == vit and cfg.method.proj_last_bn

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from lightly.utils.lars import LARS as LightlyLARS
 from torch import Tensor, nn
 
+from sslzoo.build import build_method
 from sslzoo.errors import UserError
 from sslzoo.heads import dino_head
-from sslzoo.methods import method_class
 from sslzoo.methods.base import Method
 from sslzoo.optim import apply_schedules, build_optimizer, parameter_groups
 from sslzoo.recipes import load_config
@@ -33,7 +33,7 @@ IMAGENET_TRAIN = 1281167  # images per epoch of the ImageNet recipes
 
 def built(recipe: str, **overrides: object) -> Method:
     cfg = load_config(recipe, {"trainer.device": "cpu", "resume": "none", "model.drop_path": 0.0, **overrides})
-    return method_class(cfg.method.name)(cfg)
+    return build_method(cfg)
 
 
 # --------------------------------------------------------------------------- layer lists
@@ -224,7 +224,7 @@ def test_ibot_bn_head_loss_is_one_head_pass_over_all_tokens_of_each_call(tiny_co
     torch.manual_seed(0)
     small = {"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16, "model.drop_path": 0.0}
     overrides = {**small, "method.use_bn_in_head": True, "method.lambda_cls": 0.5, "method.lambda_patch": 2.0}
-    method = method_class("ibot")(tiny_config("ibot_fmnist", **overrides))
+    method = build_method(tiny_config("ibot_fmnist", **overrides))
     hp = method.hp
     with torch.no_grad():
         for head in (method.student.head, method.teacher.net.head):
@@ -382,8 +382,8 @@ def test_optimizer_steps_follow_the_official_update_rule(recipe, weight_decay):
     SimCLR's rule puts the lr into the momentum, which matches ours for one step only (README: deviations)."""
     rule, decays, steps, small = OFFICIAL_RULES[recipe]
     wd = {} if weight_decay is None else {"optim.weight_decay": weight_decay, "optim.weight_decay_end": weight_decay}
-    method = built(recipe, **small, **wd)
-    cfg = method.cfg.optim
+    run_cfg = load_config(recipe, {"trainer.device": "cpu", "resume": "none", "model.drop_path": 0.0, **small, **wd})
+    method, cfg = build_method(run_cfg), run_cfg.optim
     named = {name: p for name, p in method.named_parameters() if p.requires_grad}
     before = {name: p.detach().clone() for name, p in named.items()}
     optimizer = build_optimizer(
@@ -391,7 +391,7 @@ def test_optimizer_steps_follow_the_official_update_rule(recipe, weight_decay):
     )
     torch.manual_seed(0)
     grads = [{name: 1e-3 * torch.randn_like(p) for name, p in named.items()} for _ in range(steps)]
-    clock = Clock(step=0, total_steps=1000, steps_per_epoch=10, epochs=method.cfg.trainer.epochs)
+    clock = Clock(step=0, total_steps=1000, steps_per_epoch=10, epochs=run_cfg.trainer.epochs)
     lrs, wds = [], []
     for step, step_grads in enumerate(grads, start=1):
         lr, wd = apply_schedules(optimizer, cfg, clock.at(step), peak_lr=1.0)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sslzoo.backbones import Backbone
-from sslzoo.methods import method_class
+from sslzoo.build import build_method
 from sslzoo.recipes import load_config
 from sslzoo.runtime import channels_last_resnets
 from sslzoo.trainer import Trainer
@@ -56,7 +56,7 @@ def test_dino_teacher_distribution_and_centre_are_fp32() -> None:
 def test_resnets_go_channels_last_and_vits_stay_as_they_are() -> None:
     def build(recipe: str, **overrides):
         cfg = load_config(recipe, {"trainer.device": "cpu", "resume": "none", **overrides})
-        return method_class(cfg.method.name)(cfg)
+        return build_method(cfg)
 
     resnet_method = build("simclr_fmnist", **{"model.backbone": "resnet18_cifar", "method.proj_hidden_dim": 64})
     assert channels_last_resnets(resnet_method)

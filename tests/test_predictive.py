@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sslzoo.backbones import build_model
-from sslzoo.methods import method_class
+from sslzoo.build import build_method, check_method
 from sslzoo.optim import parameter_groups
 from sslzoo.schedules import Clock
 from sslzoo.trainer import Trainer
@@ -24,8 +24,8 @@ SMALL_HEADS = {"method.proj_hidden_dim": 64, "method.pred_hidden_dim": 64, "meth
 def build(tiny_config, recipe: str, **overrides):
     torch.manual_seed(0)
     cfg = tiny_config(recipe, **{**SMALL_HEADS, **overrides})
-    method_class(cfg.method.name).check_config(cfg)
-    return method_class(cfg.method.name)(cfg).train()
+    check_method(cfg)
+    return build_method(cfg).train()
 
 
 def random_views(batch: int = 8) -> list[torch.Tensor]:

@@ -11,11 +11,11 @@ from lightly.loss import NTXentLoss as LightlyNTXentLoss
 from torch import Tensor, nn
 
 from sslzoo.backbones import build_model
+from sslzoo.build import build_method, check_method
 from sslzoo.checkpoint import load_checkpoint
 from sslzoo.cli import train
 from sslzoo.errors import UserError
 from sslzoo.losses.ntxent import NTXentLoss
-from sslzoo.methods import method_class
 from sslzoo.optim import scaled_lr
 from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
@@ -91,7 +91,7 @@ def test_nt_xent_is_computed_in_fp32_under_autocast() -> None:
 @pytest.fixture(scope="module")
 def simclr():
     cfg = load_config("simclr_fmnist", {"trainer.device": "cpu"})
-    return method_class("simclr")(cfg)
+    return build_method(cfg)
 
 
 def test_projection_head_is_simclrs(simclr) -> None:
@@ -130,7 +130,7 @@ def test_training_step_outputs(simclr) -> None:
 def test_bad_settings_are_refused(overrides: dict, message: str) -> None:
     cfg = load_config("simclr_fmnist", overrides)
     with pytest.raises(UserError, match=message):
-        method_class("simclr").check_config(cfg)
+        check_method(cfg)
 
 
 def test_imagenet_recipe_follows_the_paper() -> None:

@@ -10,7 +10,7 @@ import torch
 from conftest import one_line_error
 
 from sslzoo.backbones import build_model
-from sslzoo.config import Config, to_yaml
+from sslzoo.config import RunConfig, to_yaml
 from sslzoo.methods import METHODS
 from sslzoo.recipes import load_config
 from sslzoo.viz.__main__ import main
@@ -77,7 +77,7 @@ def test_mass_mask_is_minimal_on_random_maps() -> None:
 
 
 @pytest.fixture
-def tiny_run(tiny_config: Callable[..., Config]) -> Path:
+def tiny_run(tiny_config: Callable[..., RunConfig]) -> Path:
     from sslzoo.cli import train
 
     return train(tiny_config("dino_fmnist"))
@@ -106,7 +106,7 @@ def test_each_command_writes_a_png_from_a_tiny_run(
     assert "no run logged tau" in err and "teacher_entropy" in err
 
 
-def test_the_loop_logs_the_collapse_diagnostics_the_figures_plot(tiny_config: Callable[..., Config]) -> None:
+def test_the_loop_logs_the_collapse_diagnostics_the_figures_plot(tiny_config: Callable[..., RunConfig]) -> None:
     from sslzoo.cli import train
 
     records = Run.open(train(tiny_config("byol_fmnist"))).metrics

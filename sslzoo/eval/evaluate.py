@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from sslzoo.backbones import build_model
+from sslzoo.build import build_method
 from sslzoo.checkpoint import load_checkpoint
 from sslzoo.config import DEFAULTS_FILE, DataConfig, build, dotted_keys, read_yaml, set_dotted
 from sslzoo.data import data_info
@@ -27,7 +28,6 @@ from sslzoo.eval.features import RawPixels, describe, eval_split, extract, featu
 from sslzoo.eval.knn import knn_top1
 from sslzoo.eval.linear import linear_probe, linear_probe_augmented
 from sslzoo.eval.protocol import Protocol, to_dict
-from sslzoo.methods import method_class
 from sslzoo.provenance import provenance
 from sslzoo.recipes import validate_run
 from sslzoo.rundir import RunDir
@@ -68,7 +68,7 @@ def from_checkpoint(path: Path, out_dir: Path | None = None) -> Subject:
     state = load_checkpoint(path)
     tree = {**state["config"], "resume": "none"}  # resume paths of the original run need not exist here
     cfg = validate_run(tree)
-    method = method_class(cfg.method.name)(cfg)
+    method = build_method(cfg)
     method.load_state_dict(state["model"])
     if out_dir is None:
         out_dir = RunDir.of_checkpoint(path).path

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslzoo.config import Config
+from sslzoo.config import RunConfig
 from sslzoo.data import data_info
 from sslzoo.distributed import is_distributed, world_size
 from sslzoo.errors import UserError
@@ -105,7 +105,7 @@ class OnlineProbeCallback:
         self.probe.optimizer.load_state_dict(state["optimizer"])
 
 
-def online_probe_callbacks(cfg: Config) -> list[OnlineProbeCallback]:
+def online_probe_callbacks(cfg: RunConfig) -> list[OnlineProbeCallback]:
     """What ``trainer.online_probe`` attaches to a run of ``cfg``: the probe, sized by the dataset's classes,
     with the hyperparameters of protocol.yaml's ``online_probe``; nothing when it is off."""
     if not cfg.trainer.online_probe:

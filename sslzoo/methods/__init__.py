@@ -5,7 +5,7 @@ its own file plus its recipes."""
 import importlib
 import pkgutil
 
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
@@ -16,4 +16,4 @@ def method_class(name: str) -> type[Method]:
     return METHODS.get(name)
 
 
-__all__ = ["METHODS", "Method", "MethodCard", "StepOutput", "method_class"]
+__all__ = ["METHODS", "Method", "MethodCard", "MethodSetup", "StepOutput", "method_class"]

@@ -11,13 +11,11 @@ A method declares its views (the ``augment`` section, checked by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from sslzoo.backbones import Backbone, create_backbone
-from sslzoo.config import Config
-from sslzoo.data import data_info
 from sslzoo.errors import UserError
 from sslzoo.registry import Registry
 from sslzoo.schedules import Clock
@@ -29,6 +27,22 @@ class StepOutput:
     logs: dict[str, float] = field(default_factory=dict)  # the method's own terms (loss parts, momentum, ...)
     embeddings: Tensor | None = None  # detached head outputs of one view, for collapse diagnostics
     features: Tensor | None = None  # detached backbone features of the first view, for the online probe
+
+
+@dataclass(frozen=True)
+class MethodSetup:
+    """What a method is built from: its own recipe section and the few run settings it reads.
+
+    ``sslzoo.build.method_setup`` makes it from a run config, so that methods import neither the run
+    config nor the data module.
+    """
+
+    hp: Any  # the recipe's ``method`` section: an instance of the method's ``Config`` dataclass
+    backbone: str  # model.backbone, a name in sslzoo.backbones.MODELS
+    in_chans: int  # the dataset's image channels
+    drop_path: float  # model.drop_path
+    global_crops: int  # augment.global_crops
+    local_crops: int  # augment.local_crops
 
 
 @dataclass(frozen=True)
@@ -50,27 +64,29 @@ class Method(nn.Module):
     Config: ClassVar[type]  # dataclass of the recipe's ``method`` section
     card: ClassVar[MethodCard]
     supports_local_crops: ClassVar[bool] = False
+    global_crops: ClassVar[int | None] = 2  # the global views the method needs (None: any number)
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, setup: MethodSetup) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.hp = cfg.method  # the method's hyperparameters
-        self.num_global = cfg.augment.global_crops
+        self.setup = setup
+        self.hp = setup.hp  # the method's hyperparameters
+        self.num_global = setup.global_crops
 
     @classmethod
-    def check_config(cls, cfg: Config) -> None:
+    def check_setup(cls, setup: MethodSetup) -> None:
         """Refuse view settings this method cannot use (with a one-line fix)."""
-        if cfg.augment.local_crops and not cls.supports_local_crops:
-            raise UserError(f"{cfg.method.name} uses two views and no local crops: set augment.local_crops=0")
-        if not cls.supports_local_crops and cfg.augment.global_crops != 2:
-            raise UserError(f"{cfg.method.name} compares exactly two views: set augment.global_crops=2")
+        name = setup.hp.name
+        if setup.local_crops and not cls.supports_local_crops:
+            raise UserError(f"{name} takes no local crops: set augment.local_crops=0")
+        needed = cls.global_crops
+        if needed is not None and setup.global_crops != needed:
+            raise UserError(f"{name} takes exactly {needed} global views: set augment.global_crops={needed}")
 
     def make_backbone(self, drop_path: float | None = None) -> Backbone:
         """A fresh backbone as the recipe names it (``drop_path`` defaults to model.drop_path)."""
-        model = self.cfg.model
-        channels = data_info(self.cfg.data).channels
+        setup = self.setup
         return create_backbone(
-            model.backbone, in_chans=channels, drop_path=model.drop_path if drop_path is None else drop_path
+            setup.backbone, in_chans=setup.in_chans, drop_path=setup.drop_path if drop_path is None else drop_path
         )
 
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:

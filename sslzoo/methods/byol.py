@@ -16,9 +16,8 @@ network from collapsing (§3.2; BYOL Table 5 shows collapse without either).
 
 from __future__ import annotations
 
-from sslzoo.config import Config as RunConfig
 from sslzoo.losses.byol import RegressionLoss
-from sslzoo.methods.base import METHODS, MethodCard
+from sslzoo.methods.base import METHODS, MethodCard, MethodSetup
 from sslzoo.methods.predictive import PredictiveSiamese
 
 
@@ -36,5 +35,5 @@ class BYOL(PredictiveSiamese):
         crops="2 asymmetric views (blur 1.0 / 0.1, solarize 0 / 0.2)",
     )
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg, RegressionLoss())
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup, RegressionLoss())

@@ -16,10 +16,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from sslzoo.backbones import Backbone
-from sslzoo.config import Config as RunConfig
 from sslzoo.heads import dino_head
 from sslzoo.losses.dino import DINOLoss, distillation_terms
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.methods.distillation import DistillationConfig, SelfDistillation
 from sslzoo.multicrop import Encoder
 from sslzoo.schedules import Clock
@@ -40,9 +39,10 @@ class DINO(Method):
         crops="2 global + M local; teacher sees globals only",
     )
     supports_local_crops = True
+    global_crops = None  # any number of global crops (2 in the paper)
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup)
         self.student = self.encoder()
         self.teacher = EMATarget(self.student, self.encoder(drop_path=0.0))  # no stochastic depth in the teacher
         self.loss = DINOLoss(self.hp.out_dim, self.hp.student_temp, self.hp.center_momentum)  # with the centre C

@@ -31,13 +31,12 @@ from lightly.models.modules.heads import DINOProjectionHead
 from torch import Tensor, nn
 
 from sslzoo.backbones import MODELS, Backbone
-from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
 from sslzoo.heads import dino_head_settings
 from sslzoo.losses.dino import DINOLoss, distillation_terms
 from sslzoo.losses.ibot import MaskedPatchLoss
 from sslzoo.masking import BlockMasking
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.methods.distillation import DistillationConfig, SelfDistillation
 from sslzoo.multicrop import Encoder
 from sslzoo.schedules import Clock
@@ -114,9 +113,10 @@ class IBOT(Method):
         crops="2 global (block-masked for the student) + M local (never masked); teacher sees unmasked globals",
     )
     supports_local_crops = True
+    global_crops = None  # any number of global crops (2 in the paper)
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup)
         hp = self.hp
         self.student = self.encoder()
         self.teacher = EMATarget(self.student, self.encoder(drop_path=0.0))  # no stochastic depth in the teacher
@@ -130,12 +130,12 @@ class IBOT(Method):
         )
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        hp = cfg.method
-        kind, _ = MODELS.get(cfg.model.backbone)
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)
+        hp = setup.hp
+        kind, _ = MODELS.get(setup.backbone)
         if kind != "vit":
-            raise UserError(f"ibot masks patch tokens: model.backbone={cfg.model.backbone} is not a ViT; use a vit_*")
+            raise UserError(f"ibot masks patch tokens: model.backbone={setup.backbone} is not a ViT; use a vit_*")
         if not hp.pred_ratio or len(hp.pred_ratio) != len(hp.pred_ratio_var):
             raise UserError("method.pred_ratio and method.pred_ratio_var need the same number of entries (at least 1)")
         if not all(0 <= r - v and r + v <= 1 for r, v in zip(hp.pred_ratio, hp.pred_ratio_var)):

@@ -29,10 +29,9 @@ from sslzoo.backbones import (
     use_sincos_pos_embed,
     zero_init_residual,
 )
-from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
 from sslzoo.losses.mocov3 import ContrastiveLoss
-from sslzoo.methods.base import METHODS, MethodCard
+from sslzoo.methods.base import METHODS, MethodCard, MethodSetup
 from sslzoo.methods.predictive import PredictiveSiamese
 
 VIT_ONLY = ("sincos_pos_embed", "freeze_patch_embed")
@@ -58,20 +57,20 @@ class MoCoV3(PredictiveSiamese):
         crops="2 asymmetric views (BYOL's augmentations)",
     )
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg, ContrastiveLoss(cfg.method.temperature))
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup, ContrastiveLoss(setup.hp.temperature))
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        hp = cfg.method
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)
+        hp = setup.hp
         if hp.temperature <= 0:
             raise UserError(f"method.temperature={hp.temperature} must be positive (MoCo v3 uses 0.2 for ViTs)")
-        kind, _ = MODELS.get(cfg.model.backbone)
+        kind, _ = MODELS.get(setup.backbone)
         wrong = RESNET_ONLY if kind == "vit" else VIT_ONLY
         for key in wrong:
             if getattr(hp, key):
-                raise UserError(f"method.{key} does not apply to {cfg.model.backbone}: set method.{key}=false")
+                raise UserError(f"method.{key} does not apply to {setup.backbone}: set method.{key}=false")
 
     def make_backbone(self, drop_path: float | None = None) -> Backbone:
         backbone = super().make_backbone(drop_path)

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from sslzoo.backbones import Backbone
-from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
 from sslzoo.heads import mlp_head
-from sslzoo.methods.base import Method, StepOutput
+from sslzoo.methods.base import Method, MethodSetup, StepOutput
 from sslzoo.multicrop import Encoder
 from sslzoo.schedules import Clock, cosine
 from sslzoo.target import EMATarget
@@ -50,8 +49,8 @@ class PredictiveSiamese(Method):
         momentum: float  # tau_base / m at step 0 (0 with momentum_cosine=false: target = online)
         momentum_cosine: bool  # cosine from momentum to 1 over the run; false: constant
 
-    def __init__(self, cfg: RunConfig, loss: nn.Module) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup, loss: nn.Module) -> None:
+        super().__init__(setup)
         self.loss = loss  # of one view's prediction against the other view's (stop-gradient) target
         backbone = self.make_backbone()
         self.online = Encoder(backbone, self.projector(backbone.embed_dim))
@@ -61,9 +60,9 @@ class PredictiveSiamese(Method):
         self.target = EMATarget(self.online, target)
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        hp = cfg.method
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)
+        hp = setup.hp
         if not 0 <= hp.momentum <= 1:
             raise UserError(f"method.momentum={hp.momentum} must lie in [0, 1]")
         if hp.pred_lr_scale <= 0:

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from sslzoo.backbones import Backbone
-from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
 from sslzoo.heads import mlp_head
 from sslzoo.losses.ntxent import NTXentLoss
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.multicrop import Encoder
 from sslzoo.schedules import Clock
 
@@ -44,19 +43,19 @@ class SimCLR(Method):
         crops="2 symmetric views",
     )
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup)
         backbone = self.make_backbone()
         self.encoder = Encoder(backbone, self.projection_head(backbone.embed_dim))
         self.loss = NTXentLoss(self.hp.temperature)
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        if cfg.method.temperature <= 0:
-            raise UserError(f"method.temperature={cfg.method.temperature} must be positive (SimCLR uses 0.1)")
-        if cfg.method.proj_layers < 1:
-            raise UserError(f"method.proj_layers={cfg.method.proj_layers} must be at least 1")
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)
+        if setup.hp.temperature <= 0:
+            raise UserError(f"method.temperature={setup.hp.temperature} must be positive (SimCLR uses 0.1)")
+        if setup.hp.proj_layers < 1:
+            raise UserError(f"method.proj_layers={setup.hp.proj_layers} must be at least 1")
 
     def projection_head(self, in_dim: int) -> nn.Module:
         """g: Linear-BN-ReLU hidden layers, then Linear and a BN that scales but does not shift, no ReLU.
