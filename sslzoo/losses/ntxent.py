@@ -14,7 +14,7 @@ run no longer follows the paper's gradient, though its loss value looks right.
 Like lightly's ``NTXentLoss(gather_distributed=True)`` (which computes the same
 value and gradients; tests/test_distributed_losses.py checks both), but it also
 gives the positive-pair accuracy that google-research/simclr logs as
-``contrast_acc`` (``positive_accuracy``, from the same logits), for which lightly
+``contrast_acc`` (``positive_accuracy``, kept from the logits of the last call), for which lightly
 exposes no logits. The mean over the 2N
 anchors is the paper's L; objective.py sums the two directions, twice this
 value: AdamW and LARS' trust ratio cancel that factor, except on the biases and
@@ -37,6 +37,7 @@ class NTXentLoss(nn.Module):
     def __init__(self, temperature: float) -> None:
         super().__init__()
         self.temperature = temperature  # tau
+        self.positive_accuracy = torch.tensor(float("nan"))  # of the last call, detached
 
     def logits(self, z_a: Tensor, z_b: Tensor) -> tuple[Tensor, Tensor]:
         """Each of this process's 2n anchors against all 2N views (itself masked out), and its positive."""
@@ -54,11 +55,8 @@ class NTXentLoss(nn.Module):
             return logits.masked_fill(F.one_hot(itself, len(candidates)).bool(), float("-inf")), positive
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
+        """L; also keeps ``positive_accuracy``, the share of anchors whose most similar candidate is their
+        positive (simclr's ``contrast_acc``), from the same logits: no second gather."""
         logits, positive = self.logits(z_a, z_b)
+        self.positive_accuracy = (logits.detach().argmax(dim=1) == positive).float().mean()
         return F.cross_entropy(logits, positive)
-
-    @torch.no_grad()
-    def positive_accuracy(self, z_a: Tensor, z_b: Tensor) -> float:
-        """Share of anchors whose most similar candidate is their positive (simclr's ``contrast_acc``)."""
-        logits, positive = self.logits(z_a, z_b)
-        return (logits.argmax(dim=1) == positive).float().mean().item()

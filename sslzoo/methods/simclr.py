@@ -71,9 +71,10 @@ class SimCLR(Method):
         z, features = self.encoder(views)  # both views in one batch: the BNs see 2N samples, as in model.py
         z_a, z_b = z.chunk(2)
         batch = len(views[0])
+        loss = self.loss(z_a, z_b)
         return StepOutput(
-            self.loss(z_a, z_b),
-            {"positive_accuracy": self.loss.positive_accuracy(z_a, z_b)},
+            loss,
+            {"positive_accuracy": self.loss.positive_accuracy.item()},
             embeddings=z_a.detach(),
             features=features[:batch].detach(),
         )
