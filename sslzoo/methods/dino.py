@@ -39,7 +39,6 @@ class DINO(Method):
         crops="2 global + M local; teacher sees globals only",
     )
     supports_local_crops = True
-    global_crops = None  # any number of global crops (2 in the paper)
 
     def __init__(self, setup: MethodSetup) -> None:
         super().__init__(setup)

@@ -113,7 +113,6 @@ class IBOT(Method):
         crops="2 global (block-masked for the student) + M local (never masked); teacher sees unmasked globals",
     )
     supports_local_crops = True
-    global_crops = None  # any number of global crops (2 in the paper)
 
     def __init__(self, setup: MethodSetup) -> None:
         super().__init__(setup)
