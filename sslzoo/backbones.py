@@ -14,6 +14,7 @@ from collections.abc import Callable
 import timm
 import torch
 import torchvision
+from lightly.models.utils import get_at_index
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
@@ -175,21 +176,42 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def forward_tokens(self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None) -> Tensor:
-        """All output tokens (B, 1 + H*W, D) of a ViT after the final norm.
+    def forward_tokens(
+        self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None, keep: Tensor | None = None
+    ) -> Tensor:
+        """Output tokens (B, 1 + H*W, D) of a ViT after the final norm.
 
         ``mask`` (B, H, W), if given, replaces the masked patch embeddings with
         ``mask_token`` after the patch projection and before the position
         embeddings are added (iBOT, BEiT).
+
+        ``keep`` (B, K), if given, are the indices (row-major in the H x W grid) of the only patches
+        the blocks see, after the position embeddings (MAE §3): the output is (B, 1 + K, D), the
+        prefix tokens first, then the kept patches in ``keep``'s order. The pixels of the other
+        patches are zeroed before the patch embedding: a stem whose receptive fields overlap
+        (:class:`ConvStem`'s 3x3 convolutions reach 3 pixels into the patches above and to the
+        left) would otherwise leak them into the kept tokens; a patchify projection is unchanged.
         """
         if not self.is_vit:
             raise TypeError(f"{self.name} is not a ViT: it has no tokens")
         vit = self.model
+        if keep is not None:
+            x = x * self.visible_pixels(keep, x.shape[-2:]).to(x.dtype)
         tokens = vit.patch_embed(x)  # (B, H, W, D) with dynamic_img_size
         if mask is not None:
             tokens = torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
-        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
-        return vit.norm(vit.blocks(tokens))
+        tokens = vit.patch_drop(vit._pos_embed(tokens))
+        if keep is not None:
+            prefix = vit.num_prefix_tokens
+            tokens = torch.cat([tokens[:, :prefix], get_at_index(tokens[:, prefix:], keep)], dim=1)
+        return vit.norm(vit.blocks(vit.norm_pre(tokens)))
+
+    def visible_pixels(self, keep: Tensor, size: tuple[int, int]) -> Tensor:
+        """(B, 1, height, width): 1 on the pixels of the patches in ``keep``, 0 elsewhere."""
+        patch = self.model.patch_embed.patch_size
+        grid = (size[0] // patch[0], size[1] // patch[1])
+        visible = torch.zeros(len(keep), grid[0] * grid[1], device=keep.device).scatter(1, keep, 1.0)
+        return visible.view(-1, 1, *grid).repeat_interleave(patch[0], dim=2).repeat_interleave(patch[1], dim=3)
 
     def patch_grid(self, size: int) -> tuple[int, int]:
         """The (H, W) patch grid of a square crop of ``size`` pixels."""

@@ -1,4 +1,9 @@
-"""Block-wise masking of patch grids (BEiT §2.5 and Algorithm 1; iBOT §3.3, loader.py ImageFolderMask).
+"""Masks of patch grids: MAE's random masking, and BEiT/iBOT's block-wise masking.
+
+:func:`random_masking` (MAE §3, models_mae.py ``random_masking``): per image, the patches are
+shuffled by sorting uniform noise and the first int((1 - r) N) are kept; the others are masked.
+
+Block-wise masking (BEiT §2.5 and Algorithm 1; iBOT §3.3, loader.py ImageFolderMask):
 
 Each crop draws its own prediction ratio r: one of ``pred_ratio`` chosen
 uniformly, widened to U(r - var, r + var) by its ``pred_ratio_var`` (iBOT's
@@ -25,7 +30,21 @@ import random
 from dataclasses import dataclass
 
 import torch
+from lightly.models.utils import random_token_mask
 from torch import Tensor
+
+def random_masking(batch: int, num_patches: int, ratio: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """MAE's per-image random masking: (keep, mask), the kept patches' indices (B, int((1 - r) N)) in the
+    order of the shuffle, and the mask (B, N), True where a patch is removed. Drawn from the torch RNG.
+
+    lightly's ``random_token_mask`` draws it as models_mae.py does (argsort of uniform noise, the first
+    ones kept); ``mask_class_token=True`` because the sequence here holds patches only (no [CLS] slot).
+    MAE's ``ids_restore`` is not needed: the decoder puts the kept tokens back at ``keep`` (scatter).
+    """
+    keep, _ = random_token_mask((batch, num_patches), ratio, mask_class_token=True, device=device)
+    mask = torch.ones(batch, num_patches, dtype=torch.bool, device=device).scatter(1, keep, False)
+    return keep, mask
+
 
 SEED_BITS = 62  # a batch's block sampler is seeded by one draw of this many bits from the torch RNG
 
