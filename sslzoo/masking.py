@@ -30,18 +30,29 @@ import random
 from dataclasses import dataclass
 
 import torch
-from lightly.models.utils import random_token_mask
+import torch.distributed as dist
 from torch import Tensor
+
+from sslzoo import distributed
+
 
 def random_masking(batch: int, num_patches: int, ratio: float, device: torch.device) -> tuple[Tensor, Tensor]:
     """MAE's per-image random masking: (keep, mask), the kept patches' indices (B, int((1 - r) N)) in the
     order of the shuffle, and the mask (B, N), True where a patch is removed. Drawn from the torch RNG.
 
-    lightly's ``random_token_mask`` draws it as models_mae.py does (argsort of uniform noise, the first
-    ones kept); ``mask_class_token=True`` because the sequence here holds patches only (no [CLS] slot).
-    MAE's ``ids_restore`` is not needed: the decoder puts the kept tokens back at ``keep`` (scatter).
+    As models_mae.py ``random_masking`` (and lightly's ``random_token_mask``, which cannot take the noise):
+    the patches of each image are sorted by uniform noise and the first ones kept. MAE's ``ids_restore``
+    is not needed: the decoder puts the kept tokens back at ``keep`` (a scatter). Under DDP, rank 0 draws
+    the noise of the whole global batch and each process takes its images' rows (rank r holds rows
+    r, r + W, ... of it: ``ResumableSampler``), so that W processes mask each image as one process
+    would mask the global batch (official MAE draws per GPU: the same distribution, other draws).
     """
-    keep, _ = random_token_mask((batch, num_patches), ratio, mask_class_token=True, device=device)
+    world = distributed.world_size()
+    noise = torch.rand(batch * world, num_patches, device=device)
+    if world > 1:
+        dist.broadcast(noise, src=0)
+        noise = noise[distributed.rank() :: world]
+    keep = noise.argsort(dim=1)[:, : int(num_patches * (1 - ratio))]  # models_mae.py len_keep
     mask = torch.ones(batch, num_patches, dtype=torch.bool, device=device).scatter(1, keep, False)
     return keep, mask
 

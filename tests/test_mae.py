@@ -203,7 +203,9 @@ def test_the_encoder_has_maes_fixed_sincos_position_embedding(tiny_config):
         get_2d_sine_cosine_positional_embedding(32, 7, cls_token=True)).float())  # fmt: skip
     trained = {id(p) for group in parameter_groups(method, True) for p in group["params"]}
     assert id(pos) not in trained and id(method.decoder.pos_embed) not in trained
-    decayed = {id(p) for group in parameter_groups(method, True) if group["apply_weight_decay"] for p in group["params"]}
+    decayed = {
+        id(p) for group in parameter_groups(method, True) if group["apply_weight_decay"] for p in group["params"]
+    }
     assert id(method.encoder.model.cls_token) in decayed  # timm add_weight_decay decays it (3-D)
 
 
@@ -251,3 +253,46 @@ def test_imagenet_recipes_follow_main_pretrain(recipe, width):
     from sslzoo.backbones import build_model
 
     assert build_model(cfg.model.backbone).embed_dim == width
+
+
+# --------------------------------------------------------------------------- the teaching lab
+
+
+def test_a_tiny_run_draws_reconstructions_and_fine_tunes(tiny_config, tmp_path, capsys):
+    import json
+
+    from conftest import one_line_error
+
+    from sslzoo.cli import train
+    from sslzoo.eval.__main__ import main as eval_main
+    from sslzoo.eval.evaluate import method_from_checkpoint
+    from sslzoo.rundir import RunDir
+    from sslzoo.viz.__main__ import main
+    from sslzoo.viz.reconstructions import reconstruct
+
+    run = train(tiny_config("mae_fmnist", **SMALL_DECODER, **{"trainer.max_steps": 2, "data.batch_size": 8}))
+    out = tmp_path / "figure.png"
+    main(["reconstructions", f"run={run}", "images=3", f"out={out}"])
+    assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
+
+    method, _, _ = method_from_checkpoint(run / "checkpoints" / "last.pt")
+    images = torch.randn(2, 1, 28, 28)
+    torch.manual_seed(9)
+    masked, reconstruction, original = reconstruct(method.eval(), images)
+    torch.manual_seed(9)
+    _, m, _ = method.reconstruct(images)
+    removed = m.view(2, 1, 7, 1, 7, 1).expand(2, 1, 7, 4, 7, 4).reshape(2, 1, 28, 28)
+    assert not masked[removed].any() and torch.equal(masked[~removed], images[~removed])
+    assert torch.equal(reconstruction[~removed], images[~removed])  # the visible patches pasted back
+    assert not torch.allclose(reconstruction[removed], images[removed])
+    assert torch.equal(original, images)
+
+    assert eval_main(["finetune", f"run={run}", "train_limit=64", "test_limit=32", "finetune.budget=2"]) == 0
+    record = json.loads(RunDir(run).eval_record("finetune").read_text())
+    assert record["subject"]["backbone"] == "vit_convstem_micro_28" and 0 <= record["finetune_top1"] <= 1
+
+    other = {"trainer.max_steps": 1, "trainer.out_dir": str(tmp_path / "simclr"), "method.proj_hidden_dim": 32}
+    simclr = train(tiny_config("simclr_fmnist", **other))
+    capsys.readouterr()
+    assert "reconstructs no pixels" in one_line_error(main, ["reconstructions", f"run={simclr}"], capsys)
+    assert "no checkpoint" in one_line_error(main, ["reconstructions", f"run={tmp_path}"], capsys)

@@ -21,13 +21,14 @@ from torch import Tensor, nn
 from sslzoo.backbones import build_model
 from sslzoo.build import build_method
 from sslzoo.checkpoint import load_checkpoint
-from sslzoo.config import DEFAULTS_FILE, DataConfig, build, dotted_keys, read_yaml, set_dotted
+from sslzoo.config import DEFAULTS_FILE, DataConfig, RunConfig, build, dotted_keys, read_yaml, set_dotted
 from sslzoo.data import data_info
 from sslzoo.errors import UserError
 from sslzoo.eval.features import RawPixels, describe, eval_split, extract, feature_encoder, train_transform
 from sslzoo.eval.knn import knn_top1
 from sslzoo.eval.linear import linear_probe, linear_probe_augmented
 from sslzoo.eval.protocol import Protocol, to_dict
+from sslzoo.methods import Method
 from sslzoo.provenance import provenance
 from sslzoo.recipes import validate_run
 from sslzoo.rundir import RunDir
@@ -63,13 +64,19 @@ def plain_model(backbone: str, data: DataConfig) -> nn.Module:
     return build_model(backbone, in_chans=data_info(data).channels)
 
 
-def from_checkpoint(path: Path, out_dir: Path | None = None) -> Subject:
-    """The evaluated backbone of a training checkpoint (``method.eval_backbone()``: the teacher for DINO/iBOT)."""
+def method_from_checkpoint(path: Path) -> tuple[Method, RunConfig, dict]:
+    """The whole method of a training checkpoint (backbones, heads, decoder), its config and the checkpoint."""
     state = load_checkpoint(path)
     tree = {**state["config"], "resume": "none"}  # resume paths of the original run need not exist here
     cfg = validate_run(tree)
     method = build_method(cfg)
     method.load_state_dict(state["model"])
+    return method, cfg, state
+
+
+def from_checkpoint(path: Path, out_dir: Path | None = None) -> Subject:
+    """The evaluated backbone of a training checkpoint (``method.eval_backbone()``: the teacher for DINO/iBOT)."""
+    method, cfg, state = method_from_checkpoint(path)
     if out_dir is None:
         out_dir = RunDir.of_checkpoint(path).path
     return Subject(
@@ -78,7 +85,7 @@ def from_checkpoint(path: Path, out_dir: Path | None = None) -> Subject:
         backbone=cfg.model.backbone,
         data=cfg.data,
         weights={"source": str(path), "step": state["step"], "part": "method.eval_backbone()"},
-        config=tree,
+        config=cfg.raw,
         out_dir=out_dir,
     )
 

@@ -103,6 +103,13 @@ def dynamics(options: dict[str, Any]) -> Path:
     return save(fig, default_out(options, "runs", "dynamics.png"))
 
 
+def reconstructions(options: dict[str, Any]) -> Path:
+    from sslzoo.viz.reconstructions import reconstruction_figure
+
+    fig, run = reconstruction_figure(options["run"], options["images"], options["seed"])
+    return save(fig, out_path(options, run, "reconstructions.png"))
+
+
 def cards(options: dict[str, Any]) -> Path:
     from sslzoo.viz.cards import cards_figure, cards_markdown, method_cards
 
@@ -166,6 +173,18 @@ COMMANDS = {
             "out": Option(str | None, None, "PNG path (default: FIRST_RUN/dynamics.png)"),
         },
         dynamics,
+    ),
+    "reconstructions": Command(
+        "MAE: masked input, reconstruction and original, side by side, for test images (MAE Figure 2)",
+        {
+            "run": Option(
+                str, REQUIRED, "the run folder (trainer.out_dir) of an mae run (its checkpoint holds the decoder)"
+            ),
+            "images": Option(int, 8, "test images (one per class first)"),
+            "seed": Option(int, 0, "seed of the random masks"),
+            "out": Option(str | None, None, "PNG path (default: RUN/reconstructions.png)"),
+        },
+        reconstructions,
     ),
     "cards": Command(
         "the method-card table of every registered method (.png, or .md for a Markdown table)",
