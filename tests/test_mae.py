@@ -10,11 +10,11 @@ import torch
 
 from sslzoo.augment import CropsAndParams, DeviceViews
 from sslzoo.backbones import create_backbone
+from sslzoo.build import build_method, check_method
 from sslzoo.data import data_info
 from sslzoo.errors import UserError
 from sslzoo.losses.mae import MaskedPixelLoss
 from sslzoo.masking import random_masking
-from sslzoo.methods import method_class
 from sslzoo.optim import parameter_groups
 from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
@@ -24,10 +24,7 @@ SMALL_DECODER = {"method.decoder_dim": 32, "method.decoder_depth": 1, "method.de
 
 
 def make_mae(tiny_config, **overrides):
-    cfg = tiny_config("mae_fmnist", **{**SMALL_DECODER, **overrides})
-    cls = method_class("mae")
-    cls.check_config(cfg)
-    return cls(cfg)
+    return build_method(tiny_config("mae_fmnist", **{**SMALL_DECODER, **overrides}))
 
 
 # --------------------------------------------------------------------------- the loss
@@ -239,7 +236,7 @@ def test_a_view_of_another_size_is_refused_in_one_line(tiny_config):
 )
 def test_bad_settings_are_refused(tiny_config, overrides, message):
     with pytest.raises(UserError, match=message):
-        method_class("mae").check_config(tiny_config("mae_fmnist", **overrides))
+        check_method(tiny_config("mae_fmnist", **overrides))
 
 
 @pytest.mark.parametrize("recipe, width", [("mae_vitb16", 768), ("mae_vits16", 384)])

@@ -25,12 +25,10 @@ from lightly.models.utils import initialize_2d_sine_cosine_positional_embedding,
 from torch import Tensor, nn
 
 from sslzoo.backbones import MODELS, Backbone
-from sslzoo.config import Config as RunConfig
-from sslzoo.data import data_info
 from sslzoo.errors import UserError
 from sslzoo.losses.mae import MaskedPixelLoss
 from sslzoo.masking import random_masking
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.schedules import Clock
 
 
@@ -69,14 +67,14 @@ class MAE(Method):
     )
     global_crops = 1
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup)
         hp = self.hp
         self.encoder = self.make_backbone()
         vit = self.encoder.model
         self.patch_size = vit.patch_embed.patch_size[0]
         self.num_patches = vit.patch_embed.num_patches
-        self.channels = data_info(cfg.data).channels
+        self.channels = setup.in_chans
         self.decoder_embed = nn.Linear(vit.embed_dim, hp.decoder_dim)  # W_e
         self.decoder = MaskedVisionTransformerDecoderTIMM(  # e_[MASK], sin-cos position embeddings, blocks, norm
             self.num_patches, hp.decoder_dim, hp.decoder_depth, hp.decoder_heads, vit.num_prefix_tokens
@@ -87,12 +85,12 @@ class MAE(Method):
         self.loss = MaskedPixelLoss(hp.norm_pix_loss)
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        hp = cfg.method
-        kind, _ = MODELS.get(cfg.model.backbone)
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)
+        hp = setup.hp
+        kind, _ = MODELS.get(setup.backbone)
         if kind != "vit":
-            raise UserError(f"mae drops patch tokens: model.backbone={cfg.model.backbone} is not a ViT; use a vit_*")
+            raise UserError(f"mae drops patch tokens: model.backbone={setup.backbone} is not a ViT; use a vit_*")
         if not 0 < hp.mask_ratio < 1:
             raise UserError(f"method.mask_ratio={hp.mask_ratio} must lie strictly between 0 and 1 (MAE: 0.75)")
         if hp.decoder_dim % hp.decoder_heads or hp.decoder_depth < 1:
