@@ -68,8 +68,8 @@ def reconstruction_figure(run: str, count: int, seed: int) -> tuple[Figure, Path
             if row == 0:
                 ax.set_title(titles[col], fontsize=8)
         axes[row, 0].set_ylabel(captions[row], fontsize=7)
-    note = ", patch mean and std restored" if method.loss.norm_pix_loss else ""
+    note = ";\npredicted patches drawn with the original's mean and std" if method.loss.norm_pix_loss else ""
     fig.suptitle(
-        f"{source.name} (step {state['step']}): {method.hp.mask_ratio:.0%} of the patches removed{note}", fontsize=8
+        f"{source.name} (step {state['step']})\n{method.hp.mask_ratio:.0%} of the patches removed{note}", fontsize=7
     )
     return fig, Path(run)
