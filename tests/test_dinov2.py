@@ -15,11 +15,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from lightly.loss.swav_loss import sinkhorn
 
+from sslzoo.build import build_method, check_method
 from sslzoo.errors import UserError
 from sslzoo.losses.dino import DINOLoss
 from sslzoo.losses.dinov2 import koleo, sinkhorn_knopp
 from sslzoo.losses.ibot import MaskedPatchLoss
-from sslzoo.methods import method_class
 from sslzoo.optim import parameter_groups
 from sslzoo.schedules import Clock
 
@@ -36,10 +36,7 @@ CLOCK = Clock(step=0, total_steps=100, steps_per_epoch=10, epochs=10)
 
 
 def make_dinov2(tiny_config, **overrides):
-    cfg = tiny_config("dinov2_fmnist", **{**SMALL_HEADS, **overrides})
-    cls = method_class("dinov2")
-    cls.check_config(cfg)
-    return cls(cfg)
+    return build_method(tiny_config("dinov2_fmnist", **{**SMALL_HEADS, **overrides}))
 
 
 def fmnist_views(batch: int = 6, n_local: int = 2) -> list[torch.Tensor]:
@@ -314,6 +311,5 @@ def test_layerwise_lr_decay_matches_the_official_rule(tiny_config):
     ],
 )
 def test_refused_settings(tiny_config, overrides, key):
-    cfg = tiny_config("dinov2_fmnist", **overrides)
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
-        method_class("dinov2").check_config(cfg)
+        check_method(tiny_config("dinov2_fmnist", **overrides))

@@ -29,13 +29,12 @@ from lightly.models.utils import random_block_mask
 from torch import Tensor, nn
 
 from sslzoo.backbones import MODELS, Backbone
-from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
 from sslzoo.heads import dino_head
 from sslzoo.losses.dino import DINOLoss, distillation_terms
 from sslzoo.losses.dinov2 import koleo, teacher_targets
 from sslzoo.losses.ibot import MaskedPatchLoss
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.methods.distillation import DistillationConfig, SelfDistillation
 from sslzoo.schedules import Clock
 from sslzoo.target import EMATarget
@@ -70,8 +69,8 @@ class DINOv2(Method):
     )
     supports_local_crops = True
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup)
         hp = self.hp
         self.student = self.networks()
         self.teacher = EMATarget(self.student, self.networks(drop_path=0.0))  # no stochastic depth in the teacher
@@ -82,13 +81,11 @@ class DINOv2(Method):
         self.mask_token = nn.Parameter(torch.zeros(1, self.student.backbone.embed_dim))  # vision_transformer.py
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        hp = cfg.method
-        if MODELS.get(cfg.model.backbone)[0] != "vit":
-            raise UserError(f"dinov2 masks patch tokens: model.backbone={cfg.model.backbone} is not a ViT; use a vit_*")
-        if cfg.augment.global_crops != 2:
-            raise UserError("dinov2 takes two global crops (ssl_meta_arch.py): set augment.global_crops=2")
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)  # two global crops (ssl_meta_arch.py asserts it)
+        hp = setup.hp
+        if MODELS.get(setup.backbone)[0] != "vit":
+            raise UserError(f"dinov2 masks patch tokens: model.backbone={setup.backbone} is not a ViT; use a vit_*")
         low, high = (hp.mask_ratio_min_max + [-1.0, -1.0])[:2]
         if len(hp.mask_ratio_min_max) != 2 or not 0 <= low <= high <= 1:
             raise UserError("method.mask_ratio_min_max must be [min, max] with 0 <= min <= max <= 1, e.g. [0.1, 0.5]")
