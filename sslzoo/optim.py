@@ -52,7 +52,7 @@ def parameter_groups(
 
     MoCo v3's AdamW decays every parameter (``exclude_bias_norm: false``); :class:`LARS`
     never decays or adapts 1-D tensors, whatever the group says.
-    ``lr_scales`` maps a parameter-name prefix (a submodule) to a multiplier of the scheduled lr.
+    ``lr_scales`` maps a submodule's or a parameter's name to a multiplier of the scheduled lr.
     """
     lr_scales = lr_scales or {}
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
@@ -60,7 +60,7 @@ def parameter_groups(
         if not param.requires_grad:
             continue
         decay = not (exclude_bias_norm and param.ndim <= 1)
-        scale = next((s for prefix, s in lr_scales.items() if name.startswith(prefix + ".")), 1.0)
+        scale = next((s for prefix, s in lr_scales.items() if name == prefix or name.startswith(prefix + ".")), 1.0)
         groups.setdefault((decay, scale), []).append(param)
     return [
         {"params": params, "apply_weight_decay": decay, "lr_scale": scale}

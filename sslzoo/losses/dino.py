@@ -68,7 +68,11 @@ class DINOLoss(TeacherCentre):
         ``teacher_out`` holds the global views, ``student_out`` every view with the
         global views first, so view ``i`` of both is the same crop.
         """
-        targets = [self.teacher_probs(t, teacher_temp) for t in teacher_out]
+        return self.cross_entropy(student_out, [self.teacher_probs(t, teacher_temp) for t in teacher_out])
+
+    def cross_entropy(self, student_out: list[Tensor], targets: list[Tensor]) -> Tensor:
+        """H(P_t, P_s) averaged over pairs of different views, given the teacher's targets P_t (one per global
+        view): this centre's ``teacher_probs``, or DINOv2's Sinkhorn-Knopp targets (``losses/dinov2.py``)."""
         log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
         total, pairs = 0.0, 0
         for t_index, target in enumerate(targets):

@@ -34,7 +34,14 @@ class MaskedPatchLoss(TeacherCentre):
         is the mean over views of the per-view means.
         """
         targets = self.teacher_probs(teacher_patches[masks], teacher_temp)
-        log_probs = F.log_softmax(student_patches[masks].float() / self.student_temp, dim=-1)
+        return self.cross_entropy(student_patches[masks], targets, masks)
+
+    def cross_entropy(self, student_masked: Tensor, targets: Tensor, masks: Tensor) -> Tensor:
+        """L_MIM from the outputs (M, K) at the M masked patches (in ``masks.nonzero()`` order) and the teacher's
+        targets P_t there: this centre's ``teacher_probs``, or DINOv2's Sinkhorn-Knopp targets. Each masked patch
+        weighs 1 / (masked patches of its crop), and the sum is divided by the number of crops
+        (dinov2 ibot_patch_loss.py forward_masked with masks_weight)."""
+        log_probs = F.log_softmax(student_masked.float() / self.student_temp, dim=-1)
         cross_entropy = torch.sum(-targets * log_probs, dim=-1)
         crop_of_patch = masks.nonzero()[:, 0]
         per_crop = cross_entropy.new_zeros(len(masks)).index_add(0, crop_of_patch, cross_entropy)

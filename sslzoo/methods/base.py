@@ -102,7 +102,7 @@ class Method(nn.Module):
         """Hook after each optimizer step (target-network updates)."""
 
     def lr_scales(self) -> dict[str, float]:
-        """Submodule name -> multiplier of the scheduled learning rate (none by default)."""
+        """Submodule or parameter name -> multiplier of the scheduled learning rate (none by default)."""
         return {}
 
     def eval_backbone(self) -> Backbone:
