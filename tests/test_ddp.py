@@ -30,7 +30,7 @@ import torch
 from sslzoo.config import RECIPES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ["dino_fmnist", "simclr_fmnist", "mae_fmnist"]
+RECIPES = ["dino_fmnist", "simclr_fmnist", "mae_fmnist", "simsiam_fmnist", "vicreg_fmnist"]
 STEPS = 2  # the second step uses the EMA teacher, centre and BN statistics the first one updated
 PER_RANK_BATCH = 8
 TOLERANCE = 1e-5  # fp32 sums in a different order
@@ -38,6 +38,8 @@ SMALL_HEAD = {  # a head of 256 prototypes keeps the three short runs quick on 2
     "dino": {"method.out_dim": 256, "method.proj_hidden_dim": 256, "method.bottleneck_dim": 64},
     "simclr": {"method.proj_hidden_dim": 128},
     "mae": {"method.decoder_dim": 32, "method.decoder_depth": 1, "method.decoder_heads": 2},
+    "simsiam": {"method.proj_hidden_dim": 128, "method.out_dim": 128, "method.pred_hidden_dim": 32},
+    "vicreg": {"method.proj_hidden_dim": 128, "method.out_dim": 128},  # variance, covariance: the global batch's
 }
 
 
