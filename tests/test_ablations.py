@@ -57,7 +57,7 @@ def test_simsiam_ablations_sit_beside_byol_and_drop_the_predictor_or_the_stop_gr
     methods, projector_grads = {}, {}
     for name in ("simsiam", "simsiam_no_predictor", "simsiam_no_stop_gradient"):
         torch.manual_seed(0)
-        methods[name] = method = method_class("simsiam")(config_of(name)).train()
+        methods[name] = method = build_method(config_of(name)).train()
         assert not any("target" in n for n, _ in method.named_modules()), name  # no momentum encoder in any
         method.training_step(views, Clock(0, 10, 5, 10)).loss.backward()
         projector_grads[name] = torch.cat([p.grad.flatten() for p in method.f.head.parameters()])

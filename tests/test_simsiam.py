@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from sslzoo.build import build_method, check_method
 from sslzoo.errors import UserError
 from sslzoo.losses.simsiam import SymmetrisedNegativeCosine
-from sslzoo.methods import method_class
 from sslzoo.optim import apply_schedules, build_optimizer, parameter_groups, scaled_lr
 from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
@@ -51,8 +51,8 @@ def test_loss_is_fp32_under_autocast():
 def build(tiny_config, **overrides):
     torch.manual_seed(0)
     cfg = tiny_config("simsiam_fmnist", **{**SMALL, **overrides})
-    method_class("simsiam").check_config(cfg)
-    return method_class("simsiam")(cfg).train()
+    check_method(cfg)
+    return build_method(cfg).train()
 
 
 def test_one_network_for_both_views_with_the_predictor_on_top(tiny_config):
@@ -77,7 +77,7 @@ def test_without_predictor_p_is_z(tiny_config):
 
 def test_the_predictor_keeps_the_peak_lr_while_the_rest_decays(tiny_config):
     cfg = tiny_config("simsiam_fmnist", **SMALL)
-    method = method_class("simsiam")(cfg)
+    method = build_method(cfg)
     assert method.fixed_lr() == ("h",)
     groups = parameter_groups(method, cfg.optim.exclude_bias_norm, method.lr_scales(), method.fixed_lr())
     fixed = {id(p) for g in groups if g["lr_fixed"] for p in g["params"]}
@@ -101,7 +101,7 @@ def test_the_predictor_keeps_the_peak_lr_while_the_rest_decays(tiny_config):
 )
 def test_bad_settings_are_refused(overrides: dict, message: str):
     with pytest.raises(UserError, match=message):
-        method_class("simsiam").check_config(load_config("simsiam_fmnist", overrides))
+        check_method(load_config("simsiam_fmnist", overrides))
 
 
 def test_imagenet_recipe_follows_main_simsiam():

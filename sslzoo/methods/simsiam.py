@@ -24,10 +24,9 @@ from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectio
 from torch import Tensor
 
 from sslzoo.backbones import MODELS, Backbone, zero_init_residual
-from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
 from sslzoo.losses.simsiam import SymmetrisedNegativeCosine
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.multicrop import Encoder
 from sslzoo.schedules import Clock
 
@@ -55,8 +54,8 @@ class SimSiam(Method):
         crops="2 symmetric views (MoCo v2's augmentations)",
     )
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup)
         hp = self.hp
         backbone = self.make_backbone()
         if hp.zero_init_residual:
@@ -68,11 +67,11 @@ class SimSiam(Method):
         self.D = SymmetrisedNegativeCosine(hp.stop_gradient)
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        hp = cfg.method
-        if hp.zero_init_residual and MODELS.get(cfg.model.backbone)[0] != "resnet":
-            raise UserError(f"method.zero_init_residual applies to ResNets, not {cfg.model.backbone}: set it false")
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)
+        hp = setup.hp
+        if hp.zero_init_residual and MODELS.get(setup.backbone)[0] != "resnet":
+            raise UserError(f"method.zero_init_residual applies to ResNets, not {setup.backbone}: set it false")
         if hp.fix_pred_lr and not hp.use_predictor:
             raise UserError("method.fix_pred_lr needs a predictor: set method.fix_pred_lr=false or use_predictor=true")
 

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from sslzoo.backbones import MODELS, Backbone, zero_init_residual
-from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
 from sslzoo.heads import mlp_head
 from sslzoo.losses.vicreg import VICRegLoss
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.multicrop import Encoder
 from sslzoo.schedules import Clock
 
@@ -55,8 +54,8 @@ class VICReg(Method):
         crops="2 asymmetric views (BYOL's augmentations)",
     )
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup)
         hp = self.hp
         backbone = self.make_backbone()
         if hp.zero_init_residual:
@@ -68,18 +67,16 @@ class VICReg(Method):
         self.loss = VICRegLoss(hp.lambda_invariance, hp.mu_variance, hp.nu_covariance)
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        hp = cfg.method
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)
+        hp = setup.hp
         if hp.proj_layers < 1:
             raise UserError(f"method.proj_layers={hp.proj_layers} must be at least 1")
         for key in ("lambda_invariance", "mu_variance", "nu_covariance"):
             if getattr(hp, key) < 0:
                 raise UserError(f"method.{key}={getattr(hp, key)} must be >= 0 (0 removes the term)")
-        if hp.zero_init_residual and MODELS.get(cfg.model.backbone)[0] != "resnet":
-            raise UserError(f"method.zero_init_residual applies to ResNets, not {cfg.model.backbone}: set it false")
-        if cfg.data.batch_size < 2:
-            raise UserError("VICReg's variance and covariance need a batch: set data.batch_size >= 2")
+        if hp.zero_init_residual and MODELS.get(setup.backbone)[0] != "resnet":
+            raise UserError(f"method.zero_init_residual applies to ResNets, not {setup.backbone}: set it false")
 
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         (z_a, y_a), (z_b, _) = (self.encoder([x]) for x in views)
