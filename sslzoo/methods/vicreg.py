@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from sslzoo.backbones import MODELS, Backbone, zero_init_residual
+from sslzoo.backbones import Backbone, check_zero_init_residual, residual_blocks_start_as_identity
 from sslzoo.errors import UserError
 from sslzoo.heads import mlp_head
 from sslzoo.losses.vicreg import VICRegLoss
@@ -57,9 +57,7 @@ class VICReg(Method):
     def __init__(self, setup: MethodSetup) -> None:
         super().__init__(setup)
         hp = self.hp
-        backbone = self.make_backbone()
-        if hp.zero_init_residual:
-            zero_init_residual(backbone.model)
+        backbone = residual_blocks_start_as_identity(self.make_backbone(), hp.zero_init_residual)
         # main_vicreg.py Projector: Linear-BN-ReLU blocks, then a Linear without bias. Its hidden Linear
         # layers have a bias, which the BN after each cancels; mlp_head leaves it out.
         dims = [backbone.embed_dim, *[hp.proj_hidden_dim] * (hp.proj_layers - 1), hp.out_dim]
@@ -75,8 +73,7 @@ class VICReg(Method):
         for key in ("lambda_invariance", "mu_variance", "nu_covariance"):
             if getattr(hp, key) < 0:
                 raise UserError(f"method.{key}={getattr(hp, key)} must be >= 0 (0 removes the term)")
-        if hp.zero_init_residual and MODELS.get(setup.backbone)[0] != "resnet":
-            raise UserError(f"method.zero_init_residual applies to ResNets, not {setup.backbone}: set it false")
+        check_zero_init_residual(hp.zero_init_residual, setup.backbone)
 
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         (z_a, y_a), (z_b, _) = (self.encoder([x]) for x in views)
