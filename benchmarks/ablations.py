@@ -8,6 +8,11 @@ Reproduces three qualitative claims of the papers on Fashion-MNIST, on a CPU:
 - byol: BYOL without the predictor, or with the target equal to the online
   network (momentum 0), collapses; with both it learns (BYOL Table 5).
 - batch: SimCLR loses more accuracy than BYOL as the batch shrinks (BYOL Figure 3a).
+- simsiam: beside BYOL, SimSiam has no momentum encoder and still learns; without its predictor
+  or without the stop-gradient it collapses (SimSiam Table 1a, Figure 2: the std of the normalised
+  output goes to 0), which is also why BYOL with momentum 0 still learns.
+- vicreg: VICReg without the variance term collapses, without the covariance term its embedding
+  keeps fewer effective dimensions (VICReg Table 4; the effective-rank diagnostic).
 
 Every experiment is ``python train.py recipe=... overrides`` in its own
 subprocess (run folders under ``runs=``); each backbone is then evaluated
@@ -15,7 +20,7 @@ offline with the kNN protocol of ``sslzoo.eval`` (on ``eval.train_limit`` /
 ``eval.test_limit`` images), and the results folder (``out=``) receives
 ``ablations.json``, ``ablations.md`` and one PNG per group.
 
-Options: ``only=dino,byol,batch`` (groups), ``steps=N`` (every experiment's
+Options: ``only=dino,byol,batch,simsiam,vicreg`` (groups), ``steps=N`` (every experiment's
 step budget at its reference batch; the default budgets below fit the whole set
 in under an hour on 2 CPU cores), ``reuse=true`` (keep a finished run of the
 same command), ``out=DIR``, ``runs=DIR``; ``eval.KEY=...`` goes to the
@@ -44,7 +49,7 @@ from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.recipes import load_config  # noqa: E402
 from sslzoo.rundir import RunDir  # noqa: E402
 
-GROUPS = ("dino", "byol", "batch")
+GROUPS = ("dino", "byol", "batch", "simsiam", "vicreg")
 PARSER = Parser(
     "benchmarks/ablations.py",
     {
@@ -69,6 +74,8 @@ LOG_EVERY = 5
 # keeps the number of images seen fixed: steps x batch = BATCH_STEPS x BATCH_SIZES[0].
 DINO_STEPS = 120
 BYOL_STEPS = 150
+SIMSIAM_STEPS = BYOL_STEPS  # beside BYOL's runs, at the same budget
+VICREG_STEPS = BYOL_STEPS
 BATCH_SIZES = (128, 32, 8)  # a 16x range, as 4096 -> 256 in BYOL Figure 3a; 128 is the recipes' batch
 BATCH_STEPS = BYOL_STEPS  # at the largest batch: the byol ablation's reference run is shared
 # On 2 cores, data-loading workers compete with the compute threads: measured 1.8x more images/s with
@@ -114,7 +121,7 @@ def experiments() -> list[Experiment]:
         ),
         Experiment(
             f"byol_b{reference}",
-            ("byol", "batch"),
+            ("byol", "batch", "simsiam"),
             "byol_fmnist",
             "predictor + EMA target (BYOL)",
             {},
@@ -132,13 +139,55 @@ def experiments() -> list[Experiment]:
         ),
         Experiment(
             "byol_momentum0",
-            ("byol",),
+            ("byol", "simsiam"),
             "byol_fmnist",
             "target = online (momentum 0, stop-gradient only)",
             # constant momentum 0: the target copies the online network
             {"method.momentum": 0.0, "method.momentum_cosine": False},
             BYOL_STEPS,
             reference,
+        ),
+        Experiment(
+            "simsiam",
+            ("simsiam",),
+            "simsiam_fmnist",
+            "stop-gradient + predictor, no momentum (SimSiam)",
+            steps=SIMSIAM_STEPS,
+        ),
+        Experiment(
+            "simsiam_no_predictor",
+            ("simsiam",),
+            "simsiam_fmnist",
+            "SimSiam without predictor",
+            {"method.use_predictor": False, "method.fix_pred_lr": False},
+            SIMSIAM_STEPS,
+        ),
+        Experiment(
+            "simsiam_no_stop_gradient",
+            ("simsiam",),
+            "simsiam_fmnist",
+            "SimSiam without stop-gradient",
+            {"method.stop_gradient": False},
+            SIMSIAM_STEPS,
+        ),
+        Experiment(
+            "vicreg", ("vicreg",), "vicreg_fmnist", "variance + invariance + covariance (VICReg)", steps=VICREG_STEPS
+        ),
+        Experiment(
+            "vicreg_no_variance",
+            ("vicreg",),
+            "vicreg_fmnist",
+            "no variance term (μ = 0)",
+            {"method.mu_variance": 0.0},
+            VICREG_STEPS,
+        ),
+        Experiment(
+            "vicreg_no_covariance",
+            ("vicreg",),
+            "vicreg_fmnist",
+            "no covariance term (ν = 0)",
+            {"method.nu_covariance": 0.0},
+            VICREG_STEPS,
         ),
     ]
     for method in ("simclr", "byol"):
@@ -202,7 +251,7 @@ def last_values(directory: Path) -> dict[str, float]:
     """The last logged value of each diagnostic."""
     from sslzoo.viz.runs import Run
 
-    keys = ("loss", "embed_std", "embed_rank", "teacher_entropy", "kl")
+    keys = ("loss", "embed_std", "embed_rank", "teacher_entropy", "kl", "variance", "covariance")
     last: dict[str, float] = {}
     for record in Run.open(directory).metrics:
         last.update({k: record[k] for k in keys if isinstance(record.get(k), (int, float))})
@@ -341,6 +390,24 @@ FIGURES = {
         ),
     ),
     "batch": ("batch_size.png", batch_figure),
+    "simsiam": (
+        "simsiam_stop_gradient_predictor.png",
+        lambda r: curves_figure(
+            r, "simsiam", ["loss", "embed_std", "embed_rank"],
+            "SimSiam beside BYOL: no momentum encoder is needed; without the predictor or the stop-gradient "
+            "it collapses (SimSiam Table 1a, Figure 2)",
+            bars=True,
+        ),
+    ),
+    "vicreg": (
+        "vicreg_variance_covariance.png",
+        lambda r: curves_figure(
+            r, "vicreg", ["embed_rank", "embed_std", "variance", "covariance"],
+            "VICReg without the variance term collapses; without the covariance term it keeps fewer dimensions "
+            "(VICReg Table 4)",
+            bars=True,
+        ),
+    ),
 }  # fmt: skip
 
 

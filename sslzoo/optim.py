@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -46,25 +47,30 @@ class LARS(torch.optim.Optimizer):
 
 
 def parameter_groups(
-    module: nn.Module, exclude_bias_norm: bool, lr_scales: dict[str, float] | None = None
+    module: nn.Module,
+    exclude_bias_norm: bool,
+    lr_scales: dict[str, float] | None = None,
+    fixed_lr: Collection[str] = (),
 ) -> list[dict]:
-    """Trainable parameters grouped by weight decay (biases/norms without) and lr multiplier.
+    """Trainable parameters grouped by weight decay (biases/norms without), lr multiplier and lr schedule.
 
     MoCo v3's AdamW decays every parameter (``exclude_bias_norm: false``); :class:`LARS`
     never decays or adapts 1-D tensors, whatever the group says.
-    ``lr_scales`` maps a submodule's or a parameter's name to a multiplier of the scheduled lr.
+    ``lr_scales`` maps a submodule's or a parameter's name to a multiplier of the scheduled lr;
+    the submodules in ``fixed_lr`` keep the peak lr throughout, neither warmed up nor decayed.
     """
     lr_scales = lr_scales or {}
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    groups: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         decay = not (exclude_bias_norm and param.ndim <= 1)
         scale = next((s for prefix, s in lr_scales.items() if name == prefix or name.startswith(prefix + ".")), 1.0)
-        groups.setdefault((decay, scale), []).append(param)
+        fixed = any(name.startswith(prefix + ".") for prefix in fixed_lr)
+        groups.setdefault((decay, scale, fixed), []).append(param)
     return [
-        {"params": params, "apply_weight_decay": decay, "lr_scale": scale}
-        for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))
+        {"params": params, "apply_weight_decay": decay, "lr_scale": scale, "lr_fixed": fixed}
+        for (decay, scale, fixed), params in sorted(groups.items(), key=lambda item: (not item[0][0], *item[0][1:]))
     ]
 
 
@@ -89,11 +95,13 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) 
 def apply_schedules(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, clock: Clock, peak_lr: float
 ) -> tuple[float, float]:
-    """Set this step's lr (warm-up + cosine) and weight decay (cosine) on every group."""
+    """Set this step's lr (warm-up + cosine; the peak lr on ``lr_fixed`` groups) and weight decay (cosine)
+    on every group; returns the scheduled lr and weight decay."""
     lr = warmup_cosine(clock.step, clock.total_steps, clock.steps(cfg.warmup_epochs), peak_lr, cfg.min_lr)
     wd = cosine(clock.step, clock.total_steps, cfg.weight_decay, cfg.weight_decay_end)
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)  # optimizer states saved before lr_scale existed
+        # .get: optimizer states saved before lr_scale and lr_fixed existed
+        group["lr"] = (peak_lr if group.get("lr_fixed", False) else lr) * group.get("lr_scale", 1.0)
         group["weight_decay"] = wd if group["apply_weight_decay"] else 0.0
     return lr, wd
 

@@ -107,9 +107,10 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=device_ids)
         self.global_batch = cfg.data.batch_size * self.ddp.world_size
         self.peak_lr = scaled_lr(cfg.optim, self.global_batch)
-        self.optimizer = build_optimizer(
-            parameter_groups(self.method, cfg.optim.exclude_bias_norm, self.method.lr_scales()), cfg.optim, self.device
+        groups = parameter_groups(
+            self.method, cfg.optim.exclude_bias_norm, self.method.lr_scales(), self.method.fixed_lr()
         )
+        self.optimizer = build_optimizer(groups, cfg.optim, self.device)
         self.dtype = precision_dtype(cfg.trainer.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.trainer.precision == "fp16")
         self.nonfinite = NonFiniteSteps(cfg.trainer.on_nonfinite, self.method, self.run, self.ddp.world_size)

@@ -48,6 +48,49 @@ def test_byol_ablations_drop_the_predictor_or_make_the_target_the_online_network
     assert not isinstance(reference.predictor, nn.Identity) and reference.momentum(Clock(0, 10, 5, 10)) > 0.9
 
 
+def test_simsiam_ablations_sit_beside_byol_and_drop_the_predictor_or_the_stop_gradient() -> None:
+    import torch
+
+    group = {e.name for e in ablations.experiments() if "simsiam" in e.groups}
+    assert group == {"simsiam", "simsiam_no_predictor", "simsiam_no_stop_gradient", "byol_b128", "byol_momentum0"}
+    views = [torch.randn(8, 1, 28, 28) for _ in range(2)]
+    methods, projector_grads = {}, {}
+    for name in ("simsiam", "simsiam_no_predictor", "simsiam_no_stop_gradient"):
+        torch.manual_seed(0)
+        methods[name] = method = build_method(config_of(name)).train()
+        assert not any("target" in n for n, _ in method.named_modules()), name  # no momentum encoder in any
+        method.training_step(views, Clock(0, 10, 5, 10)).loss.backward()
+        projector_grads[name] = torch.cat([p.grad.flatten() for p in method.f.head.parameters()])
+    assert methods["simsiam"].h is not None and methods["simsiam_no_predictor"].h is None
+    assert methods["simsiam"].D.stop_gradient and not methods["simsiam_no_stop_gradient"].D.stop_gradient
+    # same weights and views: without the stop-gradient the projector also receives D's gradient through z
+    assert not torch.allclose(projector_grads["simsiam"], projector_grads["simsiam_no_stop_gradient"])
+
+
+def test_vicreg_ablations_zero_the_variance_or_the_covariance_coefficient() -> None:
+    full, no_variance, no_covariance = (
+        config_of(n).method for n in ("vicreg", "vicreg_no_variance", "vicreg_no_covariance")
+    )
+    assert full.mu_variance > 0 and full.nu_covariance > 0
+    assert no_variance.mu_variance == 0 and no_variance.nu_covariance == full.nu_covariance
+    assert no_covariance.nu_covariance == 0 and no_covariance.mu_variance == full.mu_variance
+
+
+def test_a_tiny_vicreg_ablation_logs_the_terms_and_the_effective_rank(tmp_path: Path) -> None:
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    command = [sys.executable, str(BENCHMARKS / "ablations.py"), "only=vicreg", "steps=2", f"out={out}", f"runs={runs}"]
+    command += ["data.batch_size=16", "trainer.device=cpu", "trainer.log_every=1", "eval.device=cpu"]
+    command += ["eval.train_limit=200", "eval.test_limit=100", "method.proj_hidden_dim=64", "method.out_dim=64"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    entries = {e["name"]: e for e in json.loads((out / "ablations.json").read_text())["experiments"]}
+    assert set(entries) == {"vicreg", "vicreg_no_variance", "vicreg_no_covariance"}
+    for entry in entries.values():
+        assert entry["status"] == "ok" and entry["steps"] == 2
+        assert {"embed_rank", "embed_std", "variance", "covariance"} <= set(entry["final"])
+    assert (out / "vicreg_variance_covariance.png").stat().st_size > 1000
+
+
 def test_the_batch_sweep_sees_the_same_number_of_images_at_every_batch_size() -> None:
     sweep = [e for e in ablations.experiments() if "batch" in e.groups]
     assert {(e.recipe, e.batch_size) for e in sweep} == {
@@ -68,7 +111,7 @@ def test_seed_and_dotted_keys_go_to_every_training_run() -> None:
 
 def test_bad_options_fail_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for argv, message in (
-        (["only=dinno"], "choose groups among dino, byol, batch"),
+        (["only=dinno"], "choose groups among dino, byol, batch, simsiam, vicreg"),
         (["steps=0"], "steps=0 must be a positive integer"),
         (["stpes=3"], "unknown option 'stpes'"),
         ([f"runs={tmp_path}", "only=dino", "method.centre_momentum=1"], "unknown key 'method.centre_momentum'"),

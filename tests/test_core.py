@@ -156,6 +156,22 @@ def test_lr_scales_multiply_the_scheduled_lr_of_one_submodule():
     assert lr > 0 and sorted(g["lr"] / lr for g in optimizer.param_groups) == pytest.approx([1.0, 1.0, 10.0, 10.0])
 
 
+def test_fixed_lr_keeps_one_submodule_at_the_peak_lr_through_warm_up_and_decay():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    groups = parameter_groups(model, exclude_bias_norm=True, lr_scales={"1": 2.0}, fixed_lr=("1",))
+    fixed = {id(p) for g in groups if g["lr_fixed"] for p in g["params"]}
+    assert fixed == {id(model[1].weight), id(model[1].bias)}
+    cfg = load_config("byol_fmnist").optim  # warm-up, then cosine to 0
+    optimizer = build_optimizer(groups, cfg, torch.device("cpu"))
+    peak = 1e-3
+    for step in (0, 3, 50, 99):
+        lr, _ = apply_schedules(optimizer, cfg, Clock(step=step, total_steps=100, steps_per_epoch=10, epochs=10), peak)
+        assert lr < peak  # the scheduled lr is below the peak at each of these steps
+        for group in optimizer.param_groups:
+            want = 2.0 * peak if group["lr_fixed"] else lr
+            assert group["lr"] == pytest.approx(want)
+
+
 def test_lr_scaling_rules():
     cfg = load_config("dino_fmnist").optim
     assert scaled_lr(cfg, 512) == pytest.approx(cfg.lr * 2)

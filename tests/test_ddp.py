@@ -30,7 +30,7 @@ import torch
 from sslzoo.config import RECIPES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ["dino_fmnist", "simclr_fmnist", "mae_fmnist", "dinov2_fmnist"]
+RECIPES = ["dino_fmnist", "simclr_fmnist", "mae_fmnist", "dinov2_fmnist", "simsiam_fmnist", "vicreg_fmnist"]
 STEPS = 2  # the second step uses the EMA teacher, centre and BN statistics the first one updated
 PER_RANK_BATCH = 8
 TOLERANCE = 1e-5  # fp32 sums in a different order
@@ -50,6 +50,8 @@ SMALL_HEAD = {  # small heads keep the short runs quick on 2 cores
         "method.koleo_loss_weight": 0.0,
         "method.mask_sample_probability": 0.0,
     },
+    "simsiam": {"method.proj_hidden_dim": 128, "method.out_dim": 128, "method.pred_hidden_dim": 32},
+    "vicreg": {"method.proj_hidden_dim": 128, "method.out_dim": 128},  # variance, covariance: the global batch's
 }
 
 

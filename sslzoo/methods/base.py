@@ -105,6 +105,10 @@ class Method(nn.Module):
         """Submodule or parameter name -> multiplier of the scheduled learning rate (none by default)."""
         return {}
 
+    def fixed_lr(self) -> tuple[str, ...]:
+        """Submodule names whose lr stays at the peak lr, neither warmed up nor decayed (none by default)."""
+        return ()
+
     def eval_backbone(self) -> Backbone:
         raise NotImplementedError
 
