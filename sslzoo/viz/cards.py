@@ -21,7 +21,7 @@ COLUMNS = {
     "anti_collapse": "what prevents collapse",
     "crops": "crops",
 }
-FAMILIES = ("contrastive", "self-distillation", "masked modelling")  # table order; others after them
+FAMILIES = ("contrastive", "clustering", "self-distillation", "masked modelling")  # table order; others after them
 WRAP = 26  # characters per line in the PNG table's cells
 
 
