@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sslzoo.build import build_method, check_method
 from sslzoo.errors import UserError
 from sslzoo.losses.swav import SwAVLoss
-from sslzoo.methods import method_class
 from sslzoo.schedules import Clock
 
 TAU, EPS, ITERATIONS = 0.1, 0.05, 3
@@ -106,7 +106,7 @@ def test_gradient_flows_through_predictions_not_codes():
 def swav(tiny_config, **overrides):
     small = {"method.num_prototypes": 16, "method.proj_hidden_dim": 32, "data.batch_size": 4, **overrides}
     cfg = tiny_config("swav_fmnist", **small)
-    return method_class("swav")(cfg), cfg
+    return build_method(cfg), cfg
 
 
 def views(cfg) -> list[torch.Tensor]:
@@ -158,4 +158,4 @@ ONE_GLOBAL_CROP = {"augment.global_crops": 1, "augment.blur_p": [0.5], "augment.
 def test_refused_settings(tiny_config, overrides, message):
     cfg = tiny_config("swav_fmnist", **overrides)
     with pytest.raises(UserError, match=message):
-        method_class("swav").check_config(cfg)
+        check_method(cfg)

@@ -26,10 +26,9 @@ from lightly.models.modules.heads import SwaVProjectionHead
 from torch import Tensor, nn
 
 from sslzoo.backbones import Backbone
-from sslzoo.config import Config as RunConfig
 from sslzoo.errors import UserError
 from sslzoo.losses.swav import SwAVLoss
-from sslzoo.methods.base import METHODS, Method, MethodCard, StepOutput
+from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.multicrop import Encoder
 from sslzoo.schedules import Clock
 
@@ -60,8 +59,8 @@ class SwAV(Method):
     )
     supports_local_crops = True
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, setup: MethodSetup) -> None:
+        super().__init__(setup)
         hp = self.hp
         backbone = self.make_backbone()
         # lightly's SwaVProjectionHead: main_swav.py's projection_head without the bias of the Linear before BN.
@@ -74,11 +73,9 @@ class SwAV(Method):
         )
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
-        hp = cfg.method
-        if cfg.augment.global_crops != 2:
-            raise UserError("swav codes its 2 global crops (crops_for_assign 0 1): set augment.global_crops=2")
+    def check_setup(cls, setup: MethodSetup) -> None:
+        super().check_setup(setup)  # 2 global crops: the codes' crops (crops_for_assign 0 1)
+        hp = setup.hp
         for key, fix in (("temperature", "0.1"), ("epsilon", "0.05")):
             if getattr(hp, key) <= 0:
                 raise UserError(f"method.{key}={getattr(hp, key)} must be positive (SwAV uses {fix})")
