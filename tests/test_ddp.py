@@ -6,8 +6,9 @@ the real ``train.py`` for a few steps on per-process batch B; a single process
 runs batch 2B. Rank r takes samples r, r + 2, ... of the global order and each
 sample's crops are seeded by its index, so both runs see the same images and
 crops; the gradients averaged by DDP (and the all-reduced DINO centre, the
-globally synchronised BatchNorm statistics, the gathered SimCLR negatives)
-must then give the same parameters.
+globally synchronised BatchNorm statistics, the gathered SimCLR negatives,
+SwAV's all-reduced Sinkhorn-Knopp sums and its queue) must then give the same
+parameters.
 
 SGD rather than AdamW: Adam's update does not change when every gradient is
 scaled by the same factor, so it would hide gradients summed instead of
@@ -30,7 +31,15 @@ import torch
 from sslzoo.config import RECIPES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ["dino_fmnist", "simclr_fmnist", "mae_fmnist", "dinov2_fmnist", "simsiam_fmnist", "vicreg_fmnist"]
+RECIPES = [
+    "dino_fmnist",
+    "simclr_fmnist",
+    "mae_fmnist",
+    "dinov2_fmnist",
+    "simsiam_fmnist",
+    "vicreg_fmnist",
+    "swav_fmnist",
+]
 STEPS = 2  # the second step uses the EMA teacher, centre and BN statistics the first one updated
 PER_RANK_BATCH = 8
 TOLERANCE = 1e-5  # fp32 sums in a different order
@@ -52,6 +61,13 @@ SMALL_HEAD = {  # small heads keep the short runs quick on 2 cores
     },
     "simsiam": {"method.proj_hidden_dim": 128, "method.out_dim": 128, "method.pred_hidden_dim": 32},
     "vicreg": {"method.proj_hidden_dim": 128, "method.out_dim": 128},  # variance, covariance: the global batch's
+    # SwAV: step 1 fills a queue of one global batch, step 2 uses it in Sinkhorn-Knopp and updates the prototypes
+    "swav": {
+        "method.proj_hidden_dim": 128,
+        "method.queue_length": 2 * PER_RANK_BATCH,
+        "method.epoch_queue_starts": 0,
+        "method.freeze_prototypes_niters": 1,
+    },
 }
 
 

@@ -1,7 +1,7 @@
 """Parity with the official code, checked against its definitions written out here (none of it copied).
 
 - heads and predictors: layer lists (types, shapes, bias flags, BN scale/shift) against the
-  constructions of dino, bytedance/ibot, moco-v3, deepmind byol and google-research simclr;
+  constructions of dino, bytedance/ibot, moco-v3, deepmind byol, google-research simclr and swav;
 - iBOT's BN head: the loss of one head pass over all tokens of each backbone call (main_ibot.py);
 - optimizers: steps against the official update rules (torch AdamW as dino/ibot/moco-v3 use it,
   moco-v3's LARS, which BYOL's optax LARS equals, SimCLR's LARS);
@@ -168,6 +168,25 @@ def test_simclr_head_is_the_tf2_projection_head():
     """run.py --proj_out_dim 128 --num_proj_layers 3 on the 2048-d ResNet-50 output."""
     method = built("simclr_r50")
     assert describe(method.encoder.head.layers) == official_simclr_head(2048, 128, 3)
+
+
+def official_swav_head(in_dim: int, hidden: int, out_dim: int, prototypes: int) -> list[tuple]:
+    """swav src/resnet50.py: projection_head Linear, BatchNorm1d, ReLU, Linear (all with bias), then the
+    prototypes Linear(output_dim, nmb_prototypes, bias=False)."""
+    return [
+        ("Linear", in_dim, hidden, True),
+        ("BatchNorm1d", hidden, True, True),
+        ("ReLU",),
+        ("Linear", hidden, out_dim, True),
+        ("Linear", out_dim, prototypes, False),
+    ]
+
+
+def test_swav_head_and_prototypes_are_resnet50s():
+    """scripts/swav_200ep_bs256_pretrain.sh: --hidden_mlp 2048 (default), --feat_dim 128, --nmb_prototypes 3000."""
+    method = built("swav_r50")
+    layers = [*method.encoder.head.layers, method.prototypes]
+    assert describe(layers) == without_bias_before_bn(official_swav_head(2048, 2048, 128, 3000))
 
 
 # --------------------------------------------------------------------------- iBOT's BN head

@@ -49,7 +49,7 @@ class MethodSetup:
 class MethodCard:
     """How a method avoids collapse, in the reading group's vocabulary (for the method-card table)."""
 
-    family: str  # contrastive | self-distillation | masked modelling
+    family: str  # contrastive | clustering | self-distillation | masked modelling
     target: str  # target network policy
     predictor: str
     negatives: str

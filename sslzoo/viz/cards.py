@@ -23,6 +23,7 @@ COLUMNS = {
 }
 FAMILIES = (
     "contrastive",
+    "clustering",
     "self-distillation",
     "redundancy reduction",
     "masked modelling",
