@@ -290,14 +290,6 @@ def zero_init_residual(resnet: nn.Module) -> None:
             nn.init.zeros_(module.bn2.weight)
 
 
-def residual_blocks_start_as_identity(backbone: Backbone, on: bool) -> Backbone:
-    """``backbone``, with :func:`zero_init_residual` applied if ``on`` (a recipe's ``method.zero_init_residual``,
-    which only a ResNet accepts: see :func:`check_zero_init_residual`)."""
-    if on:
-        zero_init_residual(backbone.model)
-    return backbone
-
-
 def check_zero_init_residual(on: bool, backbone: str) -> None:
     """Refuse ``method.zero_init_residual: true`` on a backbone that is not a ResNet."""
     if on and MODELS.get(backbone)[0] != "resnet":

@@ -86,7 +86,7 @@ def test_a_child_overrides_only_the_keys_it_lists(tmp_path):
 
 def test_an_unknown_preset_is_refused_in_one_line(tmp_path):
     recipe = write(tmp_path / "r.yaml", "inherit: dino_fmnist\naugment:\n  preset: dinoo\n")
-    with pytest.raises(UserError, match=r"augment.preset=dinoo .*choose one of byol, dino, simclr") as err:
+    with pytest.raises(UserError, match=r"augment.preset=dinoo .*choose one of .*dino") as err:
         load_config(recipe)
     assert "\n" not in str(err.value)
 

@@ -58,6 +58,7 @@ SMALL_HEAD = {  # small heads keep the short runs quick on 2 cores
         "method.ibot_proj_hidden_dim": 128,
         "method.koleo_loss_weight": 0.0,
         "method.mask_sample_probability": 0.0,
+        "method.use_bn_in_head": False,  # no masked patch: the iBOT head's BN would see an empty batch
     },
     "simsiam": {"method.proj_hidden_dim": 128, "method.out_dim": 128, "method.pred_hidden_dim": 32},
     "vicreg": {"method.proj_hidden_dim": 128, "method.out_dim": 128},  # variance, covariance: the global batch's
