@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from sslzoo.backbones import Backbone, create_backbone
+from sslzoo.backbones import MODELS, Backbone, create_backbone, zero_init_residual
 from sslzoo.errors import UserError
 from sslzoo.registry import Registry
 from sslzoo.schedules import Clock
@@ -43,6 +43,11 @@ class MethodSetup:
     drop_path: float  # model.drop_path
     global_crops: int  # augment.global_crops
     local_crops: int  # augment.local_crops
+
+    def require_vit(self, why: str) -> None:
+        """Refuse a backbone without patch tokens; ``why`` says what the method does with them."""
+        if MODELS.get(self.backbone)[0] != "vit":
+            raise UserError(f"{self.hp.name} {why}: model.backbone={self.backbone} is not a ViT; use a vit_*")
 
 
 @dataclass(frozen=True)
@@ -82,12 +87,16 @@ class Method(nn.Module):
         if needed is not None and setup.global_crops != needed:
             raise UserError(f"{name} takes exactly {needed} global views: set augment.global_crops={needed}")
 
-    def make_backbone(self, drop_path: float | None = None) -> Backbone:
-        """A fresh backbone as the recipe names it (``drop_path`` defaults to model.drop_path)."""
+    def make_backbone(self, drop_path: float | None = None, zero_init: bool = False) -> Backbone:
+        """A fresh backbone as the recipe names it (``drop_path`` defaults to model.drop_path); ``zero_init``:
+        a ResNet's residual blocks start as the identity (:func:`sslzoo.backbones.zero_init_residual`)."""
         setup = self.setup
-        return create_backbone(
+        backbone = create_backbone(
             setup.backbone, in_chans=setup.in_chans, drop_path=setup.drop_path if drop_path is None else drop_path
         )
+        if zero_init:
+            zero_init_residual(backbone.model)
+        return backbone
 
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         raise NotImplementedError

@@ -28,7 +28,7 @@ import torch
 from lightly.models.utils import random_block_mask
 from torch import Tensor, nn
 
-from sslzoo.backbones import MODELS, Backbone
+from sslzoo.backbones import Backbone
 from sslzoo.errors import UserError
 from sslzoo.heads import dino_head
 from sslzoo.losses.dino import DINOLoss, distillation_terms
@@ -84,8 +84,7 @@ class DINOv2(Method):
     def check_setup(cls, setup: MethodSetup) -> None:
         super().check_setup(setup)  # two global crops (ssl_meta_arch.py asserts it)
         hp = setup.hp
-        if MODELS.get(setup.backbone)[0] != "vit":
-            raise UserError(f"dinov2 masks patch tokens: model.backbone={setup.backbone} is not a ViT; use a vit_*")
+        setup.require_vit("masks patch tokens")
         low, high = (hp.mask_ratio_min_max + [-1.0, -1.0])[:2]
         if len(hp.mask_ratio_min_max) != 2 or not 0 <= low <= high <= 1:
             raise UserError("method.mask_ratio_min_max must be [min, max] with 0 <= min <= max <= 1, e.g. [0.1, 0.5]")

@@ -30,7 +30,7 @@ import torch
 from lightly.models.modules.heads import DINOProjectionHead
 from torch import Tensor, nn
 
-from sslzoo.backbones import MODELS, Backbone
+from sslzoo.backbones import Backbone
 from sslzoo.errors import UserError
 from sslzoo.heads import dino_head_settings
 from sslzoo.losses.dino import DINOLoss, distillation_terms
@@ -132,9 +132,7 @@ class IBOT(Method):
     def check_setup(cls, setup: MethodSetup) -> None:
         super().check_setup(setup)
         hp = setup.hp
-        kind, _ = MODELS.get(setup.backbone)
-        if kind != "vit":
-            raise UserError(f"ibot masks patch tokens: model.backbone={setup.backbone} is not a ViT; use a vit_*")
+        setup.require_vit("masks patch tokens")
         if not hp.pred_ratio or len(hp.pred_ratio) != len(hp.pred_ratio_var):
             raise UserError("method.pred_ratio and method.pred_ratio_var need the same number of entries (at least 1)")
         if not all(0 <= r - v and r + v <= 1 for r, v in zip(hp.pred_ratio, hp.pred_ratio_var)):

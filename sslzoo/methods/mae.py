@@ -24,7 +24,7 @@ from lightly.models.modules.masked_vision_transformer_timm import init_weights
 from lightly.models.utils import initialize_2d_sine_cosine_positional_embedding, patchify, set_at_index
 from torch import Tensor, nn
 
-from sslzoo.backbones import MODELS, Backbone
+from sslzoo.backbones import Backbone
 from sslzoo.errors import UserError
 from sslzoo.losses.mae import MaskedPixelLoss
 from sslzoo.masking import random_masking
@@ -88,16 +88,14 @@ class MAE(Method):
     def check_setup(cls, setup: MethodSetup) -> None:
         super().check_setup(setup)
         hp = setup.hp
-        kind, _ = MODELS.get(setup.backbone)
-        if kind != "vit":
-            raise UserError(f"mae drops patch tokens: model.backbone={setup.backbone} is not a ViT; use a vit_*")
+        setup.require_vit("drops patch tokens")
         if not 0 < hp.mask_ratio < 1:
             raise UserError(f"method.mask_ratio={hp.mask_ratio} must lie strictly between 0 and 1 (MAE: 0.75)")
         if hp.decoder_dim % hp.decoder_heads or hp.decoder_depth < 1:
             raise UserError("method.decoder_dim must be a multiple of method.decoder_heads, decoder_depth at least 1")
 
-    def make_backbone(self, drop_path: float | None = None) -> Backbone:
-        backbone = super().make_backbone(drop_path)
+    def make_backbone(self, drop_path: float | None = None, zero_init: bool = False) -> Backbone:
+        backbone = super().make_backbone(drop_path, zero_init)
         init_mae_encoder(backbone.model)
         return backbone
 

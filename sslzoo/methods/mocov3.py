@@ -27,7 +27,6 @@ from sslzoo.backbones import (
     Backbone,
     freeze_patch_embed,
     use_sincos_pos_embed,
-    zero_init_residual,
 )
 from sslzoo.errors import UserError
 from sslzoo.losses.mocov3 import ContrastiveLoss
@@ -72,13 +71,11 @@ class MoCoV3(PredictiveSiamese):
             if getattr(hp, key):
                 raise UserError(f"method.{key} does not apply to {setup.backbone}: set method.{key}=false")
 
-    def make_backbone(self, drop_path: float | None = None) -> Backbone:
-        backbone = super().make_backbone(drop_path)
+    def make_backbone(self, drop_path: float | None = None, zero_init: bool = False) -> Backbone:
         hp = self.hp
+        backbone = super().make_backbone(drop_path, zero_init=zero_init or hp.zero_init_residual)
         if hp.sincos_pos_embed:
             use_sincos_pos_embed(backbone.model)
         if hp.freeze_patch_embed:
             freeze_patch_embed(backbone.model)
-        if hp.zero_init_residual:
-            zero_init_residual(backbone.model)
         return backbone

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from sslzoo.backbones import Backbone, check_zero_init_residual, zero_init_residual
+from sslzoo.backbones import Backbone, check_zero_init_residual
 from sslzoo.errors import UserError
 from sslzoo.losses.simsiam import SymmetrisedNegativeCosine
 from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
@@ -57,9 +57,7 @@ class SimSiam(Method):
     def __init__(self, setup: MethodSetup) -> None:
         super().__init__(setup)
         hp = self.hp
-        backbone = self.make_backbone()
-        if hp.zero_init_residual:
-            zero_init_residual(backbone.model)
+        backbone = self.make_backbone(zero_init=hp.zero_init_residual)
         # builder.py: Linear-BN-ReLU x 2, then Linear and a BN without affine parameters; its last
         # Linear's bias is frozen ("followed by BN"), which lightly's head leaves out (the BN cancels it)
         self.f = Encoder(backbone, SimSiamProjectionHead(backbone.embed_dim, hp.proj_hidden_dim, hp.out_dim))

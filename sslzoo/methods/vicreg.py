@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from sslzoo.backbones import Backbone, check_zero_init_residual, zero_init_residual
+from sslzoo.backbones import Backbone, check_zero_init_residual
 from sslzoo.errors import UserError
 from sslzoo.heads import mlp_head
 from sslzoo.losses.vicreg import VICRegLoss
@@ -57,9 +57,7 @@ class VICReg(Method):
     def __init__(self, setup: MethodSetup) -> None:
         super().__init__(setup)
         hp = self.hp
-        backbone = self.make_backbone()
-        if hp.zero_init_residual:
-            zero_init_residual(backbone.model)
+        backbone = self.make_backbone(zero_init=hp.zero_init_residual)
         # main_vicreg.py Projector: Linear-BN-ReLU blocks, then a Linear without bias. Its hidden Linear
         # layers have a bias, which the BN after each cancels; mlp_head leaves it out.
         dims = [backbone.embed_dim, *[hp.proj_hidden_dim] * (hp.proj_layers - 1), hp.out_dim]
