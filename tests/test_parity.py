@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 import pytest
@@ -289,10 +290,13 @@ Named = dict[str, Tensor]
 Decays = Callable[[str, Tensor], bool]  # which tensors the official code decays (and LARS adapts)
 
 
-def official_adamw(params: Named, grads: list[Named], lrs: list[float], wds: list[float], decays: Decays) -> Named:
-    """torch.optim.AdamW at its defaults (betas 0.9, 0.999, eps 1e-8), as dino, ibot and moco-v3 create it:
-    p *= 1 - lr wd; m, v: moving averages of g and g^2; p -= lr m_hat / (sqrt(v_hat) + eps)."""
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+def official_adamw(
+    params: Named, grads: list[Named], lrs: list[float], wds: list[float], decays: Decays, beta2: float = 0.999
+) -> Named:
+    """torch.optim.AdamW at its defaults (betas 0.9, 0.999, eps 1e-8), as dino, ibot and moco-v3 create it
+    (mae main_pretrain.py: betas 0.9, 0.95): p *= 1 - lr wd; m, v: moving averages of g and g^2;
+    p -= lr m_hat / (sqrt(v_hat) + eps)."""
+    beta1, eps = 0.9, 1e-8
     params = {name: p.clone() for name, p in params.items()}
     m = {name: torch.zeros_like(p) for name, p in params.items()}
     v = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -383,6 +387,18 @@ OFFICIAL_RULES = {  # recipe: (rule, the tensors it decays (and LARS adapts), st
         lambda method: no_bias_or_norm(norm_parameter_names(method)),
         2,
         {**SMALL_RESNET, **SMALL_SIAMESE},
+    ),
+    "vicreg_r50": (  # main_vicreg.py LARS: exclude_bias_and_norm (p.ndim == 1) from decay and adaptation
+        official_lars,
+        lambda method: lambda name, p: p.ndim > 1,
+        2,
+        {**SMALL_RESNET, "method.proj_hidden_dim": 64, "method.out_dim": 32},
+    ),
+    "mae_vits16": (  # timm add_weight_decay: no decay on 1-D tensors and biases
+        partial(official_adamw, beta2=0.95),
+        lambda method: no_bias_or_1d,
+        2,
+        {**SMALL_VIT, "method.decoder_dim": 32, "method.decoder_depth": 1, "method.decoder_heads": 2},
     ),
     "simclr_r50": (
         official_simclr_lars,
