@@ -96,7 +96,8 @@ def test_the_scaled_lr_reaches_each_group(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_mixup_and_label_smoothing_are_applied_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, _, mixed = run_finetune(monkeypatch)  # the protocol's mixup 0.8 / cutmix 1.0, smoothing 0.1
+    mae = {"finetune.mixup": 0.8, "finetune.cutmix": 1.0}  # MAE's alphas over the CPU rule's; smoothing 0.1
+    _, _, mixed = run_finetune(monkeypatch, **mae)
     for call in mixed:
         targets = call["targets"]
         assert call["label_smoothing"] == 0.0 and targets.shape == (64, 10)  # timm's soft targets
@@ -119,6 +120,18 @@ def test_the_budget_keeps_the_schedule_shape() -> None:
     full = schedule(dataclasses.replace(rule, budget=None), ft, 60000)
     assert full.total == rule.epochs * (60000 // rule.batch_size)
     assert load_protocol({"finetune.budget": 7}).finetune.rule("vit_base_patch16_224").budget == 7
+
+
+def test_each_backbone_has_its_own_regularisation_and_the_command_line_overrides_all() -> None:
+    ft = load_protocol().finetune
+    vit_b, cpu = ft.rule("vit_base_patch16_224"), ft.rule(VIT)
+    assert (vit_b.mixup, vit_b.cutmix, vit_b.crop_scale) == (0.8, 1.0, [0.08, 1.0])  # MAE FINETUNE.md
+    assert not cpu.mixes and cpu.crop_scale != vit_b.crop_scale  # the CPU budget's own
+    given = load_protocol({"finetune.mixup": 0.2, "finetune.crop_scale": [0.5, 1.0]}).finetune
+    for backbone in ("vit_base_patch16_224", VIT):
+        rule = given.rule(backbone)
+        assert (rule.mixup, rule.crop_scale) == (0.2, [0.5, 1.0]) and rule.mixes
+        assert rule.cutmix == ft.rule(backbone).cutmix  # not given: the rule's own
 
 
 # --------------------------------------------------------------------------- the command line
@@ -153,8 +166,9 @@ def test_finetune_cli_writes_the_record(weights: Path, tmp_path: Path, capsys: p
         (["finetune.budget=-5"], "budget=-5 must be a positive number of optimizer steps"),
         (["finetune.budget=abc"], "finetune.budget"),
         (["finetune.budgt=3"], "did you mean 'finetune.budget'"),
-        (["finetune.mixup=-1"], "finetune.mixup and finetune.cutmix are alphas"),
-        (["train_limit=1", "finetune.budget=2"], "the training split has 1 image(s): too few for a batch"),
+        (["finetune.mixup=-1"], "finetune: mixup and cutmix are alphas"),
+        (["finetune.crop_scale=[0.5,0.2]"], "finetune: crop_scale must be [min, max] in (0, 1]"),
+        (["train_limit=1", "finetune.budget=2", "finetune.mixup=0.8"], "has 1 image(s): too few for a batch"),
     ],
 )
 def test_finetune_bad_input_is_one_line(

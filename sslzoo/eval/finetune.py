@@ -66,12 +66,12 @@ def parameter_groups(model: nn.Module, layer_decay: float | None, weight_decay: 
     return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
 
 
-def mixing(ft: FinetuneProtocol, num_classes: int) -> Mixup | None:
+def mixing(rule: FinetuneRule, ft: FinetuneProtocol, num_classes: int) -> Mixup | None:
     """timm's Mixup/CutMix (soft targets with label smoothing folded in), or None when both alphas are 0."""
-    if not ft.mixes:
+    if not rule.mixes:
         return None
     return Mixup(
-        mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, prob=ft.mixup_prob, switch_prob=ft.switch_prob,
+        mixup_alpha=rule.mixup, cutmix_alpha=rule.cutmix, prob=ft.mixup_prob, switch_prob=ft.switch_prob,
         mode="batch", label_smoothing=ft.label_smoothing, num_classes=num_classes,
     )  # fmt: skip
 
@@ -92,7 +92,7 @@ def schedule(rule: FinetuneRule, ft: FinetuneProtocol, train_images: int) -> Sch
     """The run's length (the budget, else the rule's epochs) and lr (blr * batch / 256, MAE);
     the batch is capped at the split's size (and kept even for mixup)."""
     batch = min(rule.batch_size, train_images)
-    batch -= batch % 2 if ft.mixes else 0
+    batch -= batch % 2 if rule.mixes else 0
     need(batch > 0, f"the training split has {train_images} image(s): too few for a batch")
     steps_per_epoch = train_images // batch  # drop_last, as MAE's loader
     total = rule.budget if rule.budget is not None else rule.epochs * steps_per_epoch
@@ -105,6 +105,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     train: Dataset,
     plan: Schedule,
+    rule: FinetuneRule,
     ft: FinetuneProtocol,
     num_classes: int,
     device: torch.device,
@@ -113,7 +114,7 @@ def fit(
     """Train ``model`` for ``plan.total`` steps; returns the mean training loss at ``LOG_POINTS`` points."""
     torch.manual_seed(ft.seed)  # augmentation and drop path draw from the global generators (MAE seeds both)
     np.random.seed(ft.seed)  # timm's Mixup draws its lambda and its choice from numpy
-    mix = mixing(ft, num_classes)
+    mix = mixing(rule, ft, num_classes)
     order = torch.Generator().manual_seed(ft.seed)
     loader = DataLoader(train, plan.batch_size, shuffle=True, drop_last=True, num_workers=num_workers, generator=order)
     every = max(1, plan.total // LOG_POINTS)
@@ -155,7 +156,7 @@ def finetune(evaluator: Evaluator, subject: Subject) -> dict:
     p, device = evaluator.protocol, evaluator.device
     ft, info = p.finetune, data_info(subject.data)
     rule = ft.rule(subject.backbone)
-    crops = dataclasses.replace(p.linear, crop_scale=ft.crop_scale, flip_p=ft.flip_p)
+    crops = dataclasses.replace(p.linear, crop_scale=rule.crop_scale, flip_p=ft.flip_p)
     train = eval_split(subject.data, "train", p.train_limit, train_transform(subject.data, crops))
     test = evaluator.split(subject.data, "test")
     plan = schedule(rule, ft, len(train))
@@ -166,10 +167,11 @@ def finetune(evaluator: Evaluator, subject: Subject) -> dict:
     optimizer = torch.optim.AdamW(groups, lr=plan.peak_lr, betas=tuple(ft.betas))
     print(
         f"fine-tuning {subject.backbone}: {plan.total} steps of {plan.batch_size}, lr {plan.peak_lr:.2e}, "
-        f"layer decay {layer_decay}, drop path {rule.drop_path}, mixup {ft.mixup} / cutmix {ft.cutmix}"
+        f"layer decay {layer_decay}, drop path {rule.drop_path}, mixup {rule.mixup} / cutmix {rule.cutmix}, "
+        f"crop scale {rule.crop_scale}"
     )
     start = time.perf_counter()
-    log = fit(model, optimizer, train, plan, ft, info.num_classes, device, p.num_workers)
+    log = fit(model, optimizer, train, plan, rule, ft, info.num_classes, device, p.num_workers)
     train_s = time.perf_counter() - start
     accuracy = top1(model, test, evaluator)
     return {

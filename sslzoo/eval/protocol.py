@@ -82,34 +82,45 @@ class FinetuneRule:
     layer_decay: float  # block i's lr is scaled by layer_decay^(depth + 1 - i); ViTs only
     drop_path: float  # stochastic depth rate of the last block (timm: linear in depth)
     budget: int | None  # optimizer steps in all; None: epochs of the training split
-
-
-@dataclass
-class FinetuneProtocol:
-    budget: int | None  # overrides the matching rule's budget when set
-    betas: list[float]
-    weight_decay: float
-    min_lr: float
-    label_smoothing: float
     mixup: float  # timm Mixup alpha, 0: off
     cutmix: float  # timm CutMix alpha, 0: off
-    mixup_prob: float
-    switch_prob: float
-    crop_scale: list[float]
-    flip_p: float
-    head_init_std: float
-    seed: int
-    backbones: list[FinetuneRule]
+    crop_scale: list[float]  # RandomResizedCrop scale of the training images
 
     @property
     def mixes(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
+
+RULE_OVERRIDES = ("budget", "mixup", "cutmix", "crop_scale")  # finetune.KEY, when set, replaces every rule's KEY
+
+
+@dataclass
+class FinetuneProtocol:
+    budget: int | None  # each of these four, when set, overrides the matching rule's value
+    mixup: float | None
+    cutmix: float | None
+    crop_scale: list[float] | None
+    betas: list[float]
+    weight_decay: float
+    min_lr: float
+    label_smoothing: float
+    mixup_prob: float
+    switch_prob: float
+    flip_p: float
+    head_init_std: float
+    seed: int
+    backbones: list[FinetuneRule]
+
+    def resolved(self, rule: FinetuneRule) -> FinetuneRule:
+        """``rule`` with the command line's overrides (``finetune.budget=``, ``finetune.mixup=``, ...)."""
+        given = {key: getattr(self, key) for key in RULE_OVERRIDES if getattr(self, key) is not None}
+        return dataclasses.replace(rule, **given)
+
     def rule(self, backbone: str) -> FinetuneRule:
-        """The first rule for ``backbone``, with the command line's ``finetune.budget`` if given."""
+        """The first rule for ``backbone``, with the command line's overrides."""
         for rule in self.backbones:
             if rule.backbone in (backbone, "*"):
-                return rule if self.budget is None else dataclasses.replace(rule, budget=self.budget)
+                return self.resolved(rule)
         raise UserError(f"finetune.backbones has no entry for {backbone}; add one or a '*' entry")
 
 
@@ -178,24 +189,32 @@ def check(p: Protocol) -> None:
 
 
 def check_finetune(ft: FinetuneProtocol) -> None:
-    budgets = [ft.budget, *(r.budget for r in ft.backbones)]
-    bad = [b for b in budgets if b is not None and b <= 0]
-    need(not bad, f"finetune budget={bad[0] if bad else ''} must be a positive number of optimizer steps (or null)")
-    for r in ft.backbones:
+    steps = "must be a positive number of optimizer steps (or null)"
+    need(ft.budget is None or ft.budget > 0, f"finetune budget={ft.budget} {steps}")
+    check_regularisation("finetune", ft.mixup, ft.cutmix, ft.crop_scale)
+    for r in map(ft.resolved, ft.backbones):
         at = f"finetune.backbones ({r.backbone})"
+        need(r.budget is None or r.budget > 0, f"{at}: budget={r.budget} {steps}")
         need(r.epochs > 0 and r.batch_size > 0, f"{at}: epochs and batch_size must be positive integers")
         need(0 <= r.warmup_epochs <= r.epochs, f"{at}: warmup_epochs must be in [0, epochs]")
         need(r.blr > 0 and 0 < r.layer_decay <= 1, f"{at}: blr must be positive, layer_decay in (0, 1]")
         need(0 <= r.drop_path < 1, f"{at}: drop_path must be in [0, 1)")
-        need(r.batch_size % 2 == 0 or not ft.mixes, f"{at}: mixup and cutmix need an even batch_size")
+        check_regularisation(at, r.mixup, r.cutmix, r.crop_scale)
+        need(r.batch_size % 2 == 0 or not r.mixes, f"{at}: mixup and cutmix need an even batch_size")
     need(len(ft.betas) == 2 and all(0 <= b < 1 for b in ft.betas), "finetune.betas must be [beta1, beta2] in [0, 1)")
     need(ft.weight_decay >= 0 and ft.min_lr >= 0, "finetune.weight_decay and finetune.min_lr must be 0 or more")
     need(0 <= ft.label_smoothing < 1, "finetune.label_smoothing must be in [0, 1)")
-    need(ft.mixup >= 0 and ft.cutmix >= 0, "finetune.mixup and finetune.cutmix are alphas: 0 (off) or more")
     need(0 <= ft.mixup_prob <= 1 and 0 <= ft.switch_prob <= 1, "finetune.mixup_prob and switch_prob must be in [0, 1]")
-    lo, hi = (ft.crop_scale + [0.0, 0.0])[:2]
-    need(len(ft.crop_scale) == 2 and 0 < lo <= hi <= 1, "finetune.crop_scale must be [min, max] in (0, 1]")
     need(0 <= ft.flip_p <= 1 and ft.head_init_std > 0, "finetune.flip_p must be in [0, 1], head_init_std > 0")
+
+
+def check_regularisation(at: str, mixup: float | None, cutmix: float | None, crop_scale: list[float] | None) -> None:
+    """Mixup/CutMix alphas and a crop scale, each where given (None: not set)."""
+    alphas = [a for a in (mixup, cutmix) if a is not None]
+    need(all(a >= 0 for a in alphas), f"{at}: mixup and cutmix are alphas: 0 (off) or more")
+    if crop_scale is not None:
+        lo, hi = (crop_scale + [0.0, 0.0])[:2]
+        need(len(crop_scale) == 2 and 0 < lo <= hi <= 1, f"{at}: crop_scale must be [min, max] in (0, 1]")
 
 
 def to_dict(protocol: Protocol) -> dict:
