@@ -44,6 +44,7 @@ class Settings:
     curve_test_limit: int | None
     baselines: bool
     lowshot: bool
+    finetune: bool
     reuse: bool
     out: str
     runs: str

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import yaml
 from compare_plots import CURVE_FIGURE
-from compare_results import BASELINE_LABELS, KNN_KEY, LINEAR_KEY, LOWSHOT_KINDS
+from compare_results import BASELINE_LABELS, FINETUNE_KEY, KNN_KEY, LINEAR_KEY, LOWSHOT_KINDS
 
 
 def lowshot_markdown(results: dict) -> list[str]:
@@ -29,6 +29,49 @@ def lowshot_markdown(results: dict) -> list[str]:
     return [*lines, ""]
 
 
+def mean_at(row: dict, *keys: str) -> float | None:
+    """The mean of the statistic at ``row[keys[0]][keys[1]]...``, or None where the row has none."""
+    for key in keys:
+        row = row.get(key) or {}
+    return row.get("mean")
+
+
+def ranks(rows: list[dict], *keys: str) -> dict[str, int]:
+    """Each method's rank (1: best) by the mean at ``keys``; methods without one are left out."""
+    scored = [(mean_at(r, *keys), r["name"]) for r in rows if r["kind"] == "method"]
+    present = sorted(((m, name) for m, name in scored if m is not None), key=lambda pair: -pair[0])
+    return {name: i for i, (_, name) in enumerate(present, start=1)}
+
+
+def finetune_markdown(results: dict) -> list[str]:
+    """The fine-tuning column as a third table (only with ``finetune=true``), beside each method's rank under the
+    linear probe, the first low-shot setting's linear probe (with ``lowshot=true``) and fine-tuning."""
+    rows = [r for r in results["rows"] if FINETUNE_KEY in r]
+    runs = [e["finetune"] for e in results["runs"] if "finetune" in e]
+    if not rows or not runs:
+        return []
+    orders = {"linear probe": ranks(results["rows"], LINEAR_KEY)}
+    low = next((r["lowshot"] for r in results["rows"] if "lowshot" in r), None)
+    if low:
+        first = next(iter(low))
+        orders[f"{first} linear"] = ranks(results["rows"], "lowshot", first, "linear_top1")
+    orders["fine-tuning"] = ranks(results["rows"], FINETUNE_KEY)
+    lines = [
+        f"Fine-tuning (offline, `python -m sslzoo.eval finetune`: the whole backbone and a linear classifier trained "
+        f"with the labels for {runs[0]['steps']} steps of {runs[0]['batch_size']}, then top-1 (%) on the test split; "
+        "`finetune` in the evaluation protocol below), and each method's rank (1: best) under each protocol. The "
+        "random-init row is supervised training from scratch under the same budget; the pixels have no backbone.",
+        "",
+        "| method | fine-tuned top-1 | fine-tuning (min) | " + " | ".join(f"rank: {o}" for o in orders) + " |",
+        "|---|---|---|" + "---|" * len(orders),
+    ]
+    for row in results["rows"]:
+        tuned = [pct(row[FINETUNE_KEY]), number(row["finetune_train_s"], 60, 1)] if FINETUNE_KEY in row else ["—", "—"]
+        places = [str(order.get(row["name"], "—")) if row["kind"] == "method" else "—" for order in orders.values()]
+        lines.append(f"| {label(row)} | " + " | ".join([*tuned, *places]) + " |")
+    return [*lines, ""]
+
+
 def pct(stat: dict) -> str:
     if stat["mean"] is None:
         return "failed"
@@ -46,7 +89,8 @@ def number(stat: dict | None, scale: float, digits: int) -> str:
 def markdown(results: dict) -> str:
     """The whole report: the main table, the optional low-shot and curve tables, the verdicts, then
     provenance and every run's config."""
-    lines = [*main_table(results), *lowshot_markdown(results), *curve_markdown(results), *verdicts(results)]
+    lines = [*main_table(results), *lowshot_markdown(results), *finetune_markdown(results)]
+    lines += [*curve_markdown(results), *verdicts(results)]
     lines += [*provenance_markdown(results), "## Configs", ""]
     for entry in results["runs"]:
         if "config" in entry:

@@ -25,6 +25,7 @@ KNN_KEY, LINEAR_KEY = "offline_knn_top1_at_k", "offline_linear_top1"
 BASELINES = ("raw_pixels", "random_init")
 BASELINE_LABELS = {"raw_pixels": "raw pixels (baseline)", "random_init": "random-init backbone (baseline)"}
 LOWSHOT_KINDS = ("knn_top1", "linear_top1")
+FINETUNE_KEY = "offline_finetune_top1"
 
 
 # --------------------------------------------------------------------------- one run's entry
@@ -66,6 +67,11 @@ def add_evaluation(entry: dict, knn: dict, linear: dict) -> None:
 def add_lowshot(entry: dict, record: dict) -> None:
     """Each low-shot setting's kNN and linear top-1, averaged over its draws."""
     entry["lowshot"] = {r["setting"]: {kind: r[kind]["mean"] for kind in LOWSHOT_KINDS} for r in record["results"]}
+
+
+def add_finetune(entry: dict, record: dict) -> None:
+    """The fine-tuned top-1 and its cost (the record, less its loss log, is in the run folder)."""
+    entry["finetune"] = {key: record[key] for key in ("finetune_top1", "steps", "batch_size", "train_s", "eval_s")}
 
 
 def add_curve(entry: dict, points: list[dict], seconds: float) -> None:
@@ -129,6 +135,9 @@ def summarise(name: str, kind: str, entries: list[dict], plan: Plan | None, head
         row["subset_knn_top1"] = mean_std([e["subset_knn_top1"] for e in ok])
     if ok and all("lowshot" in e for e in ok):
         row["lowshot"] = lowshot_row(ok)
+    if ok and all("finetune" in e for e in ok):
+        row[FINETUNE_KEY] = mean_std([e["finetune"]["finetune_top1"] for e in ok])
+        row["finetune_train_s"] = mean_std([e["finetune"]["train_s"] for e in ok])
     return row
 
 

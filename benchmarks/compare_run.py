@@ -53,6 +53,19 @@ def evaluate_lowshot(evaluator: Evaluator, subject: Subject, features: Features,
     results.add_lowshot(entry, record)
 
 
+def evaluate_finetune(evaluator: Evaluator, subject: Subject, entry: dict) -> None:
+    """The optional fine-tuning column (``finetune=true``): ``python -m sslzoo.eval finetune`` on a copy of
+    the backbone."""
+    from sslzoo.eval.evaluate import write_record
+    from sslzoo.eval.finetune import finetune
+
+    record = finetune(evaluator, subject)
+    if subject.out_dir is not None:
+        write_record(RunDir(subject.out_dir).eval_record("finetune"), record, subject, evaluator.protocol)
+    results.add_finetune(entry, record)
+    print(f"[{entry['name']} seed {entry['seed']}] fine-tuned top-1 {100 * record['finetune_top1']:.2f}%", flush=True)
+
+
 def smallest(*limits: int | None) -> int | None:
     """The smallest of the image limits given (null: no limit)."""
     present = [n for n in limits if n is not None]
@@ -125,6 +138,8 @@ def run_method(settings: Settings, plan: Plan, seed: int, evaluator: Evaluator, 
     knn, linear, features = evaluate(evaluator, final, seed, entry)
     if settings.lowshot:
         evaluate_lowshot(evaluator, final, features, entry)
+    if settings.finetune:
+        evaluate_finetune(evaluator, final, entry)
     print(
         f"[{label}] pre-train {result.wall_s / 60:.1f} min; {accuracies(knn, linear)} "
         f"(evaluation {entry['eval_s'] / 60:.1f} min)",
@@ -153,6 +168,8 @@ def run_baseline(
         results.add_subset_knn(entry, subset_knn(curve, subject, features))
     if settings.lowshot:
         evaluate_lowshot(evaluator, subject, features, entry)
+    if settings.finetune and name == "random_init":  # the pixels have no backbone to fine-tune
+        evaluate_finetune(evaluator, subject, entry)
     return entry
 
 

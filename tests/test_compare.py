@@ -35,7 +35,7 @@ import _common as common  # noqa: E402
 import compare  # noqa: E402
 import compare_plan  # noqa: E402
 import compare_report  # noqa: E402
-from compare_results import KNN_KEY, LINEAR_KEY, SCHEMA, lowshot_row  # noqa: E402
+from compare_results import FINETUNE_KEY, KNN_KEY, LINEAR_KEY, SCHEMA, lowshot_row  # noqa: E402
 
 TINY = [
     "steps=2",
@@ -284,6 +284,62 @@ def test_lowshot_columns_are_optional_and_summarised_over_seeds() -> None:
     table = compare_report.lowshot_markdown(results)
     assert "| method | 1-shot kNN | 1-shot linear |" in table and table[4].startswith("| dino | 60.00 ± 14.14")
     assert compare_report.lowshot_markdown({"rows": [{"name": "dino", "kind": "method"}]}) == []
+
+
+def test_finetune_ranks_each_method_under_each_protocol() -> None:
+    assert compare.parse([])[0].finetune is False and compare.parse(["finetune=true"])[0].finetune is True
+
+    def row(name: str, kind: str, linear: float, low: float | None, tuned: float | None) -> dict:
+        out = {"name": name, "kind": kind, LINEAR_KEY: {"mean": linear, "std": None}}
+        if low is not None:
+            out["lowshot"] = {"1%": {"linear_top1": {"mean": low, "std": None}}}
+        if tuned is not None:
+            out |= {FINETUNE_KEY: {"mean": tuned, "std": None}, "finetune_train_s": {"mean": 60.0, "std": None}}
+        return out
+
+    rows = [
+        row("a", "method", 0.7, 0.5, 0.9),
+        row("b", "method", 0.8, 0.4, 0.85),
+        row("c", "method", 0.6, 0.6, 0.8),
+        row("raw_pixels", "baseline", 0.9, 0.7, None),
+        row("random_init", "baseline", 0.5, 0.3, 0.95),
+    ]
+    runs = [{"finetune": {"steps": 300, "batch_size": 256}}]
+    table = compare_report.finetune_markdown({"rows": rows, "runs": runs})
+    assert "300 steps of 256" in table[0]
+    assert (
+        "| method | fine-tuned top-1 | fine-tuning (min) | rank: linear probe | rank: 1% linear | rank: fine-tuning |"
+        in table
+    )
+    body = {line.split(" | ")[0][2:]: line for line in table if line.startswith("| ") and "---" not in line}
+    assert body["a"].endswith("| 90.00 | 1.0 | 2 | 2 | 1 |")  # ranks among the methods only
+    assert body["b"].endswith("| 85.00 | 1.0 | 1 | 3 | 2 |") and body["c"].endswith("| 80.00 | 1.0 | 3 | 1 | 3 |")
+    assert body["raw pixels (baseline)"].endswith("| — | — | — | — | — |")
+    assert body["random-init backbone (baseline)"].endswith("| 95.00 | 1.0 | — | — | — |")
+    assert compare_report.finetune_markdown({"rows": rows[3:4], "runs": []}) == []
+
+
+def test_finetune_of_reused_runs_writes_the_table(results: tuple[Path, dict], tmp_path: Path) -> None:
+    _, data = results
+    entry = next(e for e in data["runs"] if e["name"] == "simclr")
+    copy = tmp_path / "runs" / "simclr" / "seed0"
+    shutil.copytree(entry["run_dir"], copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["trainer"]["out_dir"] = str(copy)
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "results"
+    extra = ["methods=simclr", "reuse=true", "finetune=true", "eval.finetune.budget=2", f"out={out}"]
+    argv = [sys.executable, str(SCRIPT), *TINY, *extra, f"runs={tmp_path / 'runs'}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tuned = json.loads((out / "results.json").read_text())
+    run = next(e for e in tuned["runs"] if e["name"] == "simclr")
+    assert run["reused"] and run["finetune"]["steps"] == 2 and 0 <= run["finetune"]["finetune_top1"] <= 1
+    record = json.loads(RunDir(copy).eval_record("finetune").read_text())
+    assert record["finetune_top1"] == run["finetune"]["finetune_top1"]
+    by_name = {r["name"]: r for r in tuned["rows"]}
+    assert FINETUNE_KEY in by_name["random_init"] and FINETUNE_KEY not in by_name["raw_pixels"]
+    assert "| rank: fine-tuning |" in (out / "results.md").read_text()
 
 
 def test_mean_and_sample_std_over_seeds() -> None:
