@@ -152,14 +152,19 @@ def test_every_run_has_a_knn_curve_against_training_minutes(results: tuple[Path,
     assert all(f"| {m} | 0.0 min · " in md for m in METHODS.names())
 
 
-def test_a_run_is_reused_only_with_every_snapshot(results: tuple[Path, dict], tmp_path: Path) -> None:
-    _, data = results
-    entry = next(e for e in data["runs"] if e["name"] == "simclr")
-    copy = tmp_path / "runs" / "simclr" / "seed0"
+def copied_run(data: dict, method: str, runs: Path) -> Path:
+    """The fixture's run of ``method`` copied to ``runs/<method>/seed0``, its config pointing at the copy."""
+    entry = next(e for e in data["runs"] if e["name"] == method)
+    copy = runs / method / "seed0"
     shutil.copytree(entry["run_dir"], copy)
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["trainer"]["out_dir"] = str(copy)
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    return copy
+
+
+def test_a_run_is_reused_only_with_every_snapshot(results: tuple[Path, dict], tmp_path: Path) -> None:
+    copy = copied_run(results[1], "simclr", tmp_path / "runs")
     settings, train, _ = compare.parse([*TINY, "methods=simclr", "reuse=true", f"runs={tmp_path / 'runs'}"])
     plan = compare_plan.plan_runs(settings, train)[0]
     assert common.finished_run(copy, plan.recipe, plan.overrides[0]) is not None
@@ -320,13 +325,7 @@ def test_finetune_ranks_each_method_under_each_protocol() -> None:
 
 
 def test_finetune_of_reused_runs_writes_the_table(results: tuple[Path, dict], tmp_path: Path) -> None:
-    _, data = results
-    entry = next(e for e in data["runs"] if e["name"] == "simclr")
-    copy = tmp_path / "runs" / "simclr" / "seed0"
-    shutil.copytree(entry["run_dir"], copy)
-    config = yaml.safe_load((copy / "config.yaml").read_text())
-    config["trainer"]["out_dir"] = str(copy)
-    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    copy = copied_run(results[1], "simclr", tmp_path / "runs")
     out = tmp_path / "results"
     extra = ["methods=simclr", "reuse=true", "finetune=true", "eval.finetune.budget=2", f"out={out}"]
     argv = [sys.executable, str(SCRIPT), *TINY, *extra, f"runs={tmp_path / 'runs'}"]
