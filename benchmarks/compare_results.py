@@ -70,7 +70,7 @@ def add_lowshot(entry: dict, record: dict) -> None:
 
 
 def add_finetune(entry: dict, record: dict) -> None:
-    """The fine-tuned top-1 and its cost (the record, less its loss log, is in the run folder)."""
+    """The fine-tuned top-1, its budget and its cost; a run's whole record is its folder's eval_finetune.json."""
     entry["finetune"] = {key: record[key] for key in ("finetune_top1", "steps", "batch_size", "train_s", "eval_s")}
 
 
