@@ -11,11 +11,14 @@ Layouts understood, by what the file holds at its top level:
 - MoCo v3 (facebookresearch/moco-v3 ``main_moco.py``): ``{"state_dict": ...}`` with
   ``module.base_encoder.*`` and ``module.momentum_encoder.*`` (each with its projector as
   ``head.*`` on ViTs, ``fc.*`` on ResNets), ``module.predictor.*``, and ``arch``;
+- MAE (facebookresearch/mae ``main_pretrain.py``): ``{"model": ...}`` with the encoder under timm's
+  names and, in the full and ``*_visualize_*`` files, the decoder (``decoder_*``) and ``mask_token``,
+  which are dropped; a training checkpoint's ``args.model`` names the architecture;
 - a bare backbone state dict: DINO's ``*_pretrain.pth``, a torchvision-format ResNet
   (how BYOL and SimCLR weights are converted; its ``fc`` classifier is dropped), or an sslzoo
   ``backbone.pt``.
 
-DINO's, iBOT's and MoCo v3's ViTs use timm's parameter names (``cls_token``, ``pos_embed``,
+DINO's, iBOT's, MoCo v3's and MAE's ViTs use timm's parameter names (``cls_token``, ``pos_embed``,
 ``patch_embed.proj``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``), so
 after the prefixes are stripped and the heads dropped, keys map one to one; every shape is
 checked, and the first mismatch is reported in one line with the fix.
@@ -53,6 +56,9 @@ MOCO_PARTS = ("base_encoder", "momentum_encoder")
 # DINO's and iBOT's ViT-S has 6 heads (DeiT-S, as timm's); MoCo v3's has 12 (vits.py).
 DINO_ARCHS = {("vit_small", 16): "vit_small_patch16_224", ("vit_base", 16): "vit_base_patch16_224"}
 MOCO_ARCHS = {"vit_small": "vit_small_12h_patch16_224", "vit_base": "vit_base_patch16_224", "resnet50": "resnet50"}
+MAE_ARCHS = {"mae_vit_base_patch16": "vit_base_patch16_224"}  # models_mae.py; ViT-L/H are not registered here
+# MAE's pre-training decoder and mask token (models_mae.py): not part of the encoder.
+MAE_DECODER_PREFIXES = ("decoder_", "mask_token")
 
 
 @dataclass
@@ -136,6 +142,12 @@ def released(contents: Any, part: str | None = None) -> Released:
         chosen = pick("DINO/iBOT checkpoint", DINO_PARTS, part, available)
         state = backbone_only(strip(contents[chosen], "module.", "backbone."))
         return Released(state, "DINO/iBOT full checkpoint", chosen, dino_arch(args), epoch)
+    if "state_dict" not in contents and is_state_dict(contents.get("model")):  # MAE
+        if part is not None:
+            raise UserError(f"part={part}: an MAE checkpoint holds one encoder; leave part= out")
+        state = {k: v for k, v in contents["model"].items() if not k.startswith(MAE_DECODER_PREFIXES)}
+        arch = MAE_ARCHS.get(str(getattr(args, "model", None)))
+        return Released(backbone_only(strip(state, "module.")), "MAE checkpoint (model)", None, arch, epoch)
     inner = contents.get("state_dict", contents.get("model"))
     if isinstance(inner, dict) and not is_state_dict(contents):
         if any(isinstance(inner.get(p), dict) for p in DINO_PARTS):  # a full checkpoint one level down
@@ -156,7 +168,8 @@ def released(contents: Any, part: str | None = None) -> Released:
         return Released(backbone_only(strip(contents, "module.", "backbone.")), "backbone state dict", None, None, None)
     raise UserError(
         f"unrecognised checkpoint layout (top-level keys: {', '.join(map(str, list(contents)[:6]))}); "
-        "expected DINO/iBOT (teacher/student), MoCo v3 (state_dict with module.base_encoder.) or a bare state dict"
+        "expected DINO/iBOT (teacher/student), MoCo v3 (state_dict with module.base_encoder.), MAE (model) "
+        "or a bare state dict"
     )
 
 

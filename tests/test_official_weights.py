@@ -96,6 +96,28 @@ def test_mocov3_vit_checkpoint(tmp_path: Path, part: str | None) -> None:
     assert same(model, momentum if part else base) and info["layout"] == "MoCo v3 checkpoint"
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_mae_checkpoint_drops_its_decoder(tmp_path: Path, full: bool) -> None:
+    """mae_pretrain_vit_base.pth: {"model": encoder}; a main_pretrain.py checkpoint (and the visualize
+    files) also hold the decoder and the mask token."""
+    encoder = vit_state(0)
+    decoder = {
+        "mask_token": torch.zeros(1, 1, 64),
+        "decoder_embed.weight": torch.randn(64, 128),
+        "decoder_blocks.0.attn.qkv.weight": torch.randn(192, 64),
+        "decoder_pred.weight": torch.randn(48, 64),
+    }
+    contents = {"model": {**encoder, **decoder} if full else encoder, "epoch": 799}
+    model, _, info = load_weights(str(write(tmp_path, "mae.pth", contents)), VIT, None, 3)
+    assert same(model, encoder) and info["layout"] == "MAE checkpoint (model)" and info["epoch"] == 799
+    assert "leave part= out" in message(released, contents, "teacher")
+
+
+def test_mae_training_checkpoint_names_its_architecture() -> None:
+    contents = {"model": {"cls_token": torch.zeros(1, 1, 4)}, "args": argparse.Namespace(model="mae_vit_base_patch16")}
+    assert released(contents).arch == "vit_base_patch16_224"
+
+
 def test_mocov3_resnet_checkpoint_drops_its_fc_projector(tmp_path: Path) -> None:
     torch.manual_seed(0)
     base = build_model("resnet18").state_dict()
