@@ -19,7 +19,7 @@ Offline evaluation of a backbone (not the online probe of pre-training), COMMAND
   finetune the whole backbone and a linear classifier, trained with the labels (MAE's protocol)
            [finetune.budget=STEPS]                      -> eval_finetune.json with finetune_top1
 run=RUN_DIR evaluates the run's backbone.pt (or checkpoints/last.pt if newer); ckpt=PATH an sslzoo
-checkpoint, a file the official repositories release (DINO, iBOT, MoCo v3, torchvision ResNet) or
+checkpoint, a file the official repositories release (DINO, iBOT, MoCo v3, MAE, torchvision ResNet) or
 timm:ARCH.TAG, with backbone=NAME (unless the file names it), part=teacher|student|base_encoder|
 momentum_encoder, and data.name=/data.root= (default: data.name=imagefolder). Results go to the run
 folder (the checkpoint's folder), or out=DIR. Protocol keys (sslzoo/eval/protocol.yaml):

@@ -112,7 +112,7 @@ def from_weights(
     out_dir: Path | None = None,
 ) -> Subject:
     """``ckpt=``: an sslzoo training checkpoint, a file the official repositories release (DINO, iBOT,
-    MoCo v3, torchvision-format ResNets; ``sslzoo.weights``), or ``timm:ARCH.TAG``."""
+    MoCo v3, MAE, torchvision-format ResNets; ``sslzoo.weights``), or ``timm:ARCH.TAG``."""
     contents = None
     if not ckpt.startswith(TIMM_PREFIX):
         contents = read(Path(ckpt))

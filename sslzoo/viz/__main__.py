@@ -125,7 +125,9 @@ def cards(options: dict[str, Any]) -> Path:
 
 
 RUNS_HELP = "run folders (trainer.out_dir), comma-separated"
-CKPT_HELP = "instead of a run: an sslzoo checkpoint, released weights (DINO, iBOT, MoCo v3, torchvision) or timm:TAG"
+CKPT_HELP = (
+    "instead of a run: an sslzoo checkpoint, released weights (DINO, iBOT, MoCo v3, MAE, torchvision) or timm:TAG"
+)
 BACKBONE_HELP = "with ckpt= of released weights: our backbone they load into, unless the file names it"
 PART_HELP = "with ckpt=: teacher | student (DINO, iBOT), base_encoder | momentum_encoder (MoCo v3)"
 LABELS_HELP = "one legend label per run, comma-separated (default: the folder names)"
