@@ -69,6 +69,10 @@ def finetune_markdown(results: dict) -> list[str]:
         tuned = [pct(row[FINETUNE_KEY]), number(row["finetune_train_s"], 60, 1)] if FINETUNE_KEY in row else ["—", "—"]
         places = [str(order.get(row["name"], "—")) if row["kind"] == "method" else "—" for order in orders.values()]
         lines.append(f"| {label(row)} | " + " | ".join([*tuned, *places]) + " |")
+    kept = sorted({f"{e['name']} seed {e['seed']}" for e in results["runs"] if e.get("finetune", {}).get("kept")})
+    if kept:
+        note = "Kept from the reused runs' own eval_finetune.json (same backbone and protocol): "
+        lines += ["", note + ", ".join(kept) + "."]
     return [*lines, ""]
 
 

@@ -69,9 +69,11 @@ def add_lowshot(entry: dict, record: dict) -> None:
     entry["lowshot"] = {r["setting"]: {kind: r[kind]["mean"] for kind in LOWSHOT_KINDS} for r in record["results"]}
 
 
-def add_finetune(entry: dict, record: dict) -> None:
-    """The fine-tuned top-1, its budget and its cost; a run's whole record is its folder's eval_finetune.json."""
-    entry["finetune"] = {key: record[key] for key in ("finetune_top1", "steps", "batch_size", "train_s", "eval_s")}
+def add_finetune(entry: dict, record: dict, kept: bool) -> None:
+    """The fine-tuned top-1, its budget and its cost, and whether the record was kept from the reused run
+    (``kept``) rather than fine-tuned now; a run's whole record is its folder's eval_finetune.json."""
+    keys = ("finetune_top1", "steps", "batch_size", "train_s", "eval_s")
+    entry["finetune"] = {**{key: record[key] for key in keys}, "kept": kept}
 
 
 def add_curve(entry: dict, points: list[dict], seconds: float) -> None:

@@ -4,6 +4,7 @@ baseline evaluated offline, and each run's kNN curve from its snapshots."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,17 +54,37 @@ def evaluate_lowshot(evaluator: Evaluator, subject: Subject, features: Features,
     results.add_lowshot(entry, record)
 
 
-def evaluate_finetune(evaluator: Evaluator, subject: Subject, entry: dict) -> None:
+def stored_finetune(evaluator: Evaluator, subject: Subject) -> dict | None:
+    """The run folder's fine-tuning record when it is this backbone's under this protocol: written after the
+    backbone was saved, with the same subject and protocol settings; else None."""
+    if subject.out_dir is None:
+        return None
+    folder = RunDir(subject.out_dir)
+    path = folder.eval_record("finetune")
+    if not path.is_file() or not folder.backbone.is_file() or path.stat().st_mtime < folder.backbone.stat().st_mtime:
+        return None
+    record = json.loads(path.read_text())
+    protocol = json.loads(json.dumps(to_dict(evaluator.protocol)))
+    same = record.get("protocol_settings") == protocol and record.get("subject") == subject.describe()
+    return record if same else None
+
+
+def evaluate_finetune(evaluator: Evaluator, subject: Subject, entry: dict, reuse: bool) -> None:
     """The optional fine-tuning column (``finetune=true``): ``python -m sslzoo.eval finetune`` on a copy of
-    the backbone."""
+    the backbone. With ``reuse`` (a reused run), the run's own record of the same protocol is kept: fine-tuning
+    costs minutes per backbone, where the other evaluations take seconds from the features."""
     from sslzoo.eval.evaluate import write_record
     from sslzoo.eval.finetune import finetune
 
-    record = finetune(evaluator, subject)
-    if subject.out_dir is not None:
-        write_record(RunDir(subject.out_dir).eval_record("finetune"), record, subject, evaluator.protocol)
-    results.add_finetune(entry, record)
-    print(f"[{entry['name']} seed {entry['seed']}] fine-tuned top-1 {100 * record['finetune_top1']:.2f}%", flush=True)
+    record = stored_finetune(evaluator, subject) if reuse else None
+    kept = record is not None
+    if record is None:
+        record = finetune(evaluator, subject)
+        if subject.out_dir is not None:
+            write_record(RunDir(subject.out_dir).eval_record("finetune"), record, subject, evaluator.protocol)
+    results.add_finetune(entry, record, kept)
+    how = "kept from the reused run's eval_finetune.json" if kept else "fine-tuned"
+    print(f"[{entry['name']} seed {entry['seed']}] {how}: top-1 {100 * record['finetune_top1']:.2f}%", flush=True)
 
 
 def smallest(*limits: int | None) -> int | None:
@@ -139,7 +160,7 @@ def run_method(settings: Settings, plan: Plan, seed: int, evaluator: Evaluator, 
     if settings.lowshot:
         evaluate_lowshot(evaluator, final, features, entry)
     if settings.finetune:
-        evaluate_finetune(evaluator, final, entry)
+        evaluate_finetune(evaluator, final, entry, reuse=reused)
     print(
         f"[{label}] pre-train {result.wall_s / 60:.1f} min; {accuracies(knn, linear)} "
         f"(evaluation {entry['eval_s'] / 60:.1f} min)",
@@ -169,7 +190,7 @@ def run_baseline(
     if settings.lowshot:
         evaluate_lowshot(evaluator, subject, features, entry)
     if settings.finetune and name == "random_init":  # the pixels have no backbone to fine-tune
-        evaluate_finetune(evaluator, subject, entry)
+        evaluate_finetune(evaluator, subject, entry, reuse=False)
     return entry
 
 

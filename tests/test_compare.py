@@ -339,6 +339,18 @@ def test_finetune_of_reused_runs_writes_the_table(results: tuple[Path, dict], tm
     by_name = {r["name"]: r for r in tuned["rows"]}
     assert FINETUNE_KEY in by_name["random_init"] and FINETUNE_KEY not in by_name["raw_pixels"]
     assert "| rank: fine-tuning |" in (out / "results.md").read_text()
+    assert not run["finetune"]["kept"]
+
+    # run again: the reused run's record of the same protocol is kept; another protocol fine-tunes anew
+    written = RunDir(copy).eval_record("finetune").stat().st_mtime_ns
+    for budget, kept in ((2, True), (3, False)):
+        again = [*argv[:-1], f"eval.finetune.budget={budget}", argv[-1]]
+        done = subprocess.run(again, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        run = next(e for e in json.loads((out / "results.json").read_text())["runs"] if e["name"] == "simclr")
+        assert run["finetune"]["kept"] is kept and run["finetune"]["steps"] == budget
+        assert (RunDir(copy).eval_record("finetune").stat().st_mtime_ns == written) is kept
+        assert ("Kept from the reused runs" in (out / "results.md").read_text()) is kept
 
 
 def test_mean_and_sample_std_over_seeds() -> None:
