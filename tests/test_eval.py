@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from timm.models.vision_transformer import VisionTransformer
 from sslzoo.backbones import build_model
 from sslzoo.checkpoint import load_checkpoint
 from sslzoo.cli import attached_callbacks
+from sslzoo.config import DataConfig
 from sslzoo.errors import UserError
 from sslzoo.eval.__main__ import main as eval_main
+from sslzoo.eval.evaluate import Subject, stored_record, write_record
 from sslzoo.eval.features import ViTProbeFeatures, feature_encoder
 from sslzoo.eval.knn import knn_predict_many, knn_top1
 from sslzoo.eval.linear import linear_probe
@@ -134,11 +137,6 @@ def test_vit_feature_rule_by_backbone() -> None:
 
 
 def test_a_stored_record_is_kept_only_for_the_same_subject_protocol_and_weights(tmp_path: Path) -> None:
-    import os
-
-    from sslzoo.config import DataConfig
-    from sslzoo.eval.evaluate import Subject, stored_record, write_record
-
     weights, path = tmp_path / "backbone.pt", tmp_path / "eval_finetune.json"
     weights.write_bytes(b"w")
     data = DataConfig("fmnist", "data", batch_size=8, num_workers=0, download=False, on_corrupt="skip")
