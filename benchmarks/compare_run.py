@@ -4,7 +4,6 @@ baseline evaluated offline, and each run's kNN curve from its snapshots."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,34 +53,22 @@ def evaluate_lowshot(evaluator: Evaluator, subject: Subject, features: Features,
     results.add_lowshot(entry, record)
 
 
-def stored_finetune(evaluator: Evaluator, subject: Subject) -> dict | None:
-    """The run folder's fine-tuning record when it is this backbone's under this protocol: written after the
-    backbone was saved, with the same subject and protocol settings; else None."""
-    if subject.out_dir is None:
-        return None
-    folder = RunDir(subject.out_dir)
-    path = folder.eval_record("finetune")
-    if not path.is_file() or not folder.backbone.is_file() or path.stat().st_mtime < folder.backbone.stat().st_mtime:
-        return None
-    record = json.loads(path.read_text())
-    protocol = json.loads(json.dumps(to_dict(evaluator.protocol)))
-    same = record.get("protocol_settings") == protocol and record.get("subject") == subject.describe()
-    return record if same else None
-
-
 def evaluate_finetune(evaluator: Evaluator, subject: Subject, entry: dict, reuse: bool) -> None:
     """The optional fine-tuning column (``finetune=true``): ``python -m sslzoo.eval finetune`` on a copy of
     the backbone. With ``reuse`` (a reused run), the run's own record of the same protocol is kept: fine-tuning
     costs minutes per backbone, where the other evaluations take seconds from the features."""
-    from sslzoo.eval.evaluate import write_record
+    from sslzoo.eval.evaluate import stored_record, write_record
     from sslzoo.eval.finetune import finetune
 
-    record = stored_finetune(evaluator, subject) if reuse else None
+    folder = RunDir(subject.out_dir) if subject.out_dir is not None else None
+    record = None
+    if reuse and folder is not None:
+        record = stored_record(folder.eval_record("finetune"), subject, evaluator.protocol, newer_than=folder.backbone)
     kept = record is not None
     if record is None:
         record = finetune(evaluator, subject)
-        if subject.out_dir is not None:
-            write_record(RunDir(subject.out_dir).eval_record("finetune"), record, subject, evaluator.protocol)
+        if folder is not None:
+            write_record(folder.eval_record("finetune"), record, subject, evaluator.protocol)
     results.add_finetune(entry, record, kept)
     how = "kept from the reused run's eval_finetune.json" if kept else "fine-tuned"
     print(f"[{entry['name']} seed {entry['seed']}] {how}: top-1 {100 * record['finetune_top1']:.2f}%", flush=True)

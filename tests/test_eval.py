@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from timm.models.vision_transformer import VisionTransformer
 from sslzoo.backbones import build_model
 from sslzoo.checkpoint import load_checkpoint
 from sslzoo.cli import attached_callbacks
+from sslzoo.config import DataConfig
 from sslzoo.errors import UserError
 from sslzoo.eval.__main__ import main as eval_main
+from sslzoo.eval.evaluate import Subject, stored_record, write_record
 from sslzoo.eval.features import ViTProbeFeatures, feature_encoder
 from sslzoo.eval.knn import knn_predict_many, knn_top1
 from sslzoo.eval.linear import linear_probe
@@ -131,6 +134,22 @@ def test_vit_feature_rule_by_backbone() -> None:
     resnet = build_model("resnet18_cifar", in_chans=1)
     assert not isinstance(resnet, VisionTransformer)
     assert not isinstance(feature_encoder(resnet, "resnet18_cifar", linear), ViTProbeFeatures)
+
+
+def test_a_stored_record_is_kept_only_for_the_same_subject_protocol_and_weights(tmp_path: Path) -> None:
+    weights, path = tmp_path / "backbone.pt", tmp_path / "eval_finetune.json"
+    weights.write_bytes(b"w")
+    data = DataConfig("fmnist", "data", batch_size=8, num_workers=0, download=False, on_corrupt="skip")
+    subject = Subject("dino", torch.nn.Identity(), "vit_micro_patch4_28", data, {"source": str(weights), "step": 3})
+    protocol = load_protocol({"finetune.budget": 2})
+    assert stored_record(path, subject, protocol, newer_than=weights) is None  # nothing written yet
+    write_record(path, {"finetune_top1": 0.5, "subject": subject.describe()}, subject, protocol)
+    assert stored_record(path, subject, protocol, newer_than=weights)["finetune_top1"] == 0.5
+    assert stored_record(path, subject, load_protocol({"finetune.budget": 3}), newer_than=weights) is None
+    other = dataclasses.replace(subject, weights={"source": str(weights), "step": 4})
+    assert stored_record(path, other, protocol, newer_than=weights) is None
+    os.utime(weights, (path.stat().st_mtime + 10,) * 2)  # weights saved after the record
+    assert stored_record(path, subject, protocol, newer_than=weights) is None
 
 
 def test_protocol_refuses_bad_keys_and_values() -> None:

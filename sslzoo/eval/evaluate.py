@@ -289,3 +289,13 @@ def write_record(path: Path, record: dict, subject: Subject, protocol: Protocol)
     full = {**record, "protocol_settings": to_dict(protocol), "run_config": subject.config, "provenance": provenance()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(full, indent=2) + "\n")
+
+
+def stored_record(path: Path, subject: Subject, protocol: Protocol, newer_than: Path) -> dict | None:
+    """The result file at ``path`` when :func:`write_record` wrote it for this subject under this protocol
+    after ``newer_than`` (the weights it evaluated) was saved; else None."""
+    if not path.is_file() or not newer_than.is_file() or path.stat().st_mtime < newer_than.stat().st_mtime:
+        return None
+    record = json.loads(path.read_text())
+    same_protocol = record.get("protocol_settings") == json.loads(json.dumps(to_dict(protocol)))
+    return record if same_protocol and record.get("subject") == subject.describe() else None
