@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ class Pretrain:
     command: list[str]
     returncode: int
     wall_s: float
-    peak_rss_bytes: int | None  # max resident set of the training process (CPU memory)
+    peak_rss_bytes: int | None  # the training process's peak resident set (VmHWM, logged by the trainer)
     peak_cuda_bytes: int | None  # torch.cuda.max_memory_allocated, logged by the trainer on GPUs
     images_per_s: float | None  # mean of the trainer's logged throughput, the first (warm-up) window left out
     error: str | None  # the last line of the log when the run failed
@@ -58,16 +57,6 @@ class Pretrain:
         if self.peak_cuda_bytes is not None:
             return self.peak_cuda_bytes, "cuda max_memory_allocated"
         return self.peak_rss_bytes, "peak RSS"
-
-
-def wait_with_usage(proc: subprocess.Popen) -> tuple[int, int | None]:
-    """Wait for ``proc``; (exit code, its peak RSS in bytes) from ``wait4``, which reports that child alone."""
-    if not hasattr(os, "wait4"):
-        return proc.wait(), None
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return proc.returncode, usage.ru_maxrss * scale
 
 
 def throughput(metrics: list[dict]) -> float | None:
@@ -90,7 +79,7 @@ def pretrain(recipe: str, overrides: dict[str, Any], run_dir: Path) -> Pretrain:
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
         try:
-            returncode, peak_rss = wait_with_usage(proc)
+            returncode = proc.wait()
         except BaseException:
             proc.terminate()
             proc.wait()
@@ -100,12 +89,20 @@ def pretrain(recipe: str, overrides: dict[str, Any], run_dir: Path) -> Pretrain:
 
     metrics = RunDir(run_dir).read_metrics()
     cuda = [m["cuda_max_memory_allocated"] for m in metrics if "cuda_max_memory_allocated" in m]
+    rss = [m["peak_rss_bytes"] for m in metrics if "peak_rss_bytes" in m]
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     error = None if returncode == 0 else (lines[-1] if lines else f"exit status {returncode}")
     # Recorded as typed in the repository (results name no machine's paths): python train.py ...
     shown = ["python", TRAIN_SCRIPT.name, *command[2:]]
     result = Pretrain(
-        recipe, shown, returncode, wall, peak_rss, max(cuda) if cuda else None, throughput(metrics), error
+        recipe,
+        shown,
+        returncode,
+        wall,
+        max(rss) if rss else None,
+        max(cuda) if cuda else None,
+        throughput(metrics),
+        error,
     )
     (run_dir / PRETRAIN_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result

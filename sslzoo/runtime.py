@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -152,6 +153,18 @@ def ignore_stop_signals(trainer: int, worker_id: int) -> None:
 
 
 # --------------------------------------------------------------------------- memory layout and compilation
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set since it started (``VmHWM``, Linux; None elsewhere). Not
+    ``getrusage``'s ``ru_maxrss``: after ``exec`` that keeps the peak of the process it replaced, so a run
+    started by a large benchmark process would report the benchmark's memory."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return int(kib) * 1024 if kib is not None else None
 
 
 def channels_last_resnets(method: nn.Module) -> bool:

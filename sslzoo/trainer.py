@@ -38,6 +38,7 @@ from sslzoo.runtime import (
     ignore_stop_signals,
     init_distributed,
     on_stop_signals,
+    peak_rss_bytes,
     precision_dtype,
     prepare_out_dir,
     resolve_device,
@@ -234,6 +235,8 @@ class Trainer:
                             record.update(callback.on_log())
                         if self.device.type == "cuda":
                             record["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated(self.device)
+                        if (rss := peak_rss_bytes()) is not None:
+                            record["peak_rss_bytes"] = rss
                         images, tick = 0, now
                         bar.set_postfix(
                             {k: f"{record[k]:.4g}" for k in ("loss", "lr", "momentum", "images_per_s") if k in record}

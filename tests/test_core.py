@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,3 +211,14 @@ def test_sampler_shards_cover_the_global_batch():
     first_global = {i for i, _ in list(single)[:8]}
     first_sharded = {i for s in ranks for i, _ in list(s)[:4]}
     assert first_global == first_sharded
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM is read from Linux's /proc")
+def test_a_run_started_by_a_large_process_reports_its_own_peak_memory() -> None:
+    """The benchmarks' peak-RSS column: getrusage's ru_maxrss of a child keeps its parent's peak across exec,
+    peak_rss_bytes does not."""
+    parent_bytes = 800 * 2**20
+    held = torch.ones(parent_bytes // 4)  # the parent's resident memory, as a benchmark's evaluation features
+    code = "from sslzoo.runtime import peak_rss_bytes; print(peak_rss_bytes())"
+    own = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert held.sum() > 0 and 0 < own < parent_bytes  # the child's own: Python, torch and sslzoo imported
