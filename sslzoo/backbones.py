@@ -56,22 +56,30 @@ def vit_micro_patch4_28(**kwargs) -> VisionTransformer:
 
 class ConvStem(PatchEmbed):
     """A convolutional stem in place of the patchify projection (Xiao et al. 2021, "Early
-    convolutions help transformers see better", §3): stride-2 3x3 convolutions, each with BN and
-    ReLU, down to one token per ``patch_size`` pixels, then a 1x1 convolution to the width.
+    convolutions help transformers see better", §3): 3x3 convolutions of ``stem_channels``, each with
+    BN and ReLU, with ``stem_strides`` (stride 2 each, unless given) down to one token per
+    ``patch_size`` pixels, then a 1x1 convolution to the width.
 
     Everything else (the token grid, dynamic image sizes, the NHWC output) is timm's PatchEmbed,
     so iBOT's masks and the attention maps see the same 7x7 grid as with 4x4 patches.
     """
 
-    def __init__(self, *args, stem_channels: tuple[int, ...] = (), **kwargs) -> None:
+    def __init__(
+        self, *args, stem_channels: tuple[int, ...] = (), stem_strides: tuple[int, ...] | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
-        if 2 ** len(stem_channels) != self.patch_size[0] or self.patch_size[0] != self.patch_size[1]:
-            raise ValueError(f"{len(stem_channels)} stride-2 convolutions cannot make {self.patch_size} patches")
+        strides = stem_strides or (2,) * len(stem_channels)
+        if (
+            len(strides) != len(stem_channels)
+            or math.prod(strides) != self.patch_size[0]
+            or self.patch_size[0] != self.patch_size[1]
+        ):
+            raise ValueError(f"convolutions of strides {strides} cannot make {self.patch_size} patches")
         layers: list[nn.Module] = []
         in_chans = self.proj.in_channels
-        for channels in stem_channels:
+        for channels, stride in zip(stem_channels, strides):
             layers += [
-                nn.Conv2d(in_chans, channels, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.Conv2d(in_chans, channels, kernel_size=3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(channels),
                 nn.ReLU(inplace=True),
             ]
@@ -89,6 +97,20 @@ def vit_convstem_micro_28(**kwargs) -> VisionTransformer:
     stem = functools.partial(ConvStem, stem_channels=(64, 128))
     return _small_vit(
         dict(img_size=28, patch_size=4, embed_dim=128, depth=2, num_heads=4, weight_init="jax", embed_layer=stem),
+        kwargs,
+    )
+
+
+@register_model
+def vit_deepstem_micro_28(**kwargs) -> VisionTransformer:
+    """One 128-wide transformer block (4 heads) on a deeper convolutional stem for 28 px: 3x3
+    convolutions of 32, 64, 128 and 128 channels with strides 1, 2, 2, 1, then the 1x1 projection.
+    Xiao et al.'s trade (2021, §3: a conv stem in place of one transformer block) applied to
+    ``vit_convstem_micro_28``: the same 7x7 token grid at about its cost per image (README,
+    "Side-by-side benchmark", measures both)."""
+    stem = functools.partial(ConvStem, stem_channels=(32, 64, 128, 128), stem_strides=(1, 2, 2, 1))
+    return _small_vit(
+        dict(img_size=28, patch_size=4, embed_dim=128, depth=1, num_heads=4, weight_init="jax", embed_layer=stem),
         kwargs,
     )
 
@@ -137,6 +159,7 @@ for _name in (
     "vit_tiny_patch4_32",
     "vit_micro_patch4_28",
     "vit_convstem_micro_28",
+    "vit_deepstem_micro_28",
 ):
     MODELS.register(_name)(("vit", _timm_vit(_name)))
 for _name in ("resnet18", "resnet50"):

@@ -51,6 +51,17 @@ def test_masked_tokens_change_only_through_the_mask_token() -> None:
 def test_stem_refuses_a_patch_size_its_strides_cannot_make() -> None:
     with pytest.raises(ValueError, match="cannot make"):
         ConvStem(img_size=28, patch_size=8, in_chans=1, embed_dim=16, stem_channels=(8, 16))
+    with pytest.raises(ValueError, match="cannot make"):  # one stride for each convolution
+        ConvStem(img_size=28, patch_size=4, in_chans=1, embed_dim=16, stem_channels=(8, 16), stem_strides=(4,))
+
+
+def test_deepstem_trades_a_block_for_stride_1_convolutions_on_the_same_grid() -> None:
+    backbone = create_backbone("vit_deepstem_micro_28", in_chans=1)
+    convs = [m for m in backbone.model.patch_embed.proj if isinstance(m, nn.Conv2d)]
+    assert [(c.stride[0], c.out_channels) for c in convs] == [(1, 32), (2, 64), (2, 128), (1, 128), (1, 128)]
+    assert len(backbone.model.blocks) == 1 and backbone.patch_grid(28) == (7, 7)
+    assert backbone.forward_tokens(torch.randn(2, 1, 28, 28)).shape == (2, 1 + 7 * 7, 128)
+    assert backbone(torch.randn(2, 1, 12, 12)).shape == (2, 128)  # a local crop: 3x3 tokens
 
 
 def test_backbone_state_dict_loads_strictly_into_the_plain_model() -> None:
