@@ -21,6 +21,9 @@ target down to an integer (iBOT keeps r * H * W real, which changes the target
 area distribution) and draws from Python's global ``random``. Here every mask
 is a function of the torch RNG (one seed drawn per batch), which the trainer
 restores on resume.
+
+:func:`stratified_block_masks` is DINOv2's collate (collate.py and masking.py MaskingGenerator), for DINOv2,
+through lightly's per-image ``random_block_mask_image`` and Python's ``random`` (which checkpoints restore).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from lightly.models.utils import random_block_mask_image
 from torch import Tensor
 
 from sslzoo import distributed
@@ -105,3 +109,29 @@ class BlockMasking:
                 break
             count += added
         return mask
+
+
+def stratified_block_masks(
+    batch: int, height: int, width: int, probability: float, ratio_range: tuple[float, float], device: torch.device
+) -> Tensor:
+    """DINOv2's collate: masks (batch, height, width) with exactly int(probability * batch) crops masked, their
+    ratios stratified over ``ratio_range`` (one draw per equal slice, a linspace) and the masks shuffled; each
+    masked crop gets int(N * ratio) patches in blocks of at least 4 (MaskingGenerator's defaults: aspect ratios
+    in [0.3, 1/0.3], 10 attempts per block).
+
+    Why not lightly's ``random_block_mask``, the same collate: it refuses an image whose target is under the
+    4-patch minimum block (a 5x5 grid of 20-px crops draws targets from 2; any grid with a minimum ratio of 0),
+    where DINOv2's MaskingGenerator draws the block's area from the reversed range U(4, target). Here such an
+    image's blocks are as large as its target, the closest lightly allows; on 7x7 grids with ratios from 0.1 the
+    masks are lightly's, draw for draw.
+    """
+    low, high = ratio_range
+    masked = int(batch * probability)
+    bounds = torch.linspace(low, high, masked + 1).tolist()
+    masks = []
+    for lower, upper in zip(bounds[:-1], bounds[1:]):
+        target = int(height * width * random.uniform(lower, upper))
+        masks.append(random_block_mask_image((height, width), target, min(4, target), device=device))
+    masks += [torch.zeros(height, width, dtype=torch.bool, device=device) for _ in range(batch - masked)]
+    random.shuffle(masks)
+    return torch.stack(masks)

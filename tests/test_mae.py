@@ -147,14 +147,14 @@ def test_the_conv_stem_sees_no_pixel_of_a_removed_patch():
 
 
 def test_decoder_input_is_the_official_unshuffle(tiny_config, monkeypatch):
-    """The decoder sees W_e z at the kept positions and e_[MASK] elsewhere: the same tokens as models_mae.py's
-    forward_decoder (mask tokens appended, then gathered by ids_restore)."""
+    """The decoder sees W_e z at the kept positions and e_[MASK] elsewhere, plus the position embedding: the same
+    tokens as models_mae.py's forward_decoder (mask tokens appended, then gathered by ids_restore)."""
     torch.manual_seed(5)
     method = make_mae(tiny_config).eval()
     x = torch.randn(2, 1, 28, 28)
     seen = []
-    original = method.decoder.add_pos_embed
-    monkeypatch.setattr(method.decoder, "add_pos_embed", lambda u: seen.append(u) or original(u))
+    original = method.decoder.decode
+    monkeypatch.setattr(method.decoder, "decode", lambda u: seen.append(u) or original(u))
     torch.manual_seed(6)
     y, m, z = method.reconstruct(x)
     torch.manual_seed(6)
@@ -165,7 +165,7 @@ def test_decoder_input_is_the_official_unshuffle(tiny_config, monkeypatch):
     tokens = torch.cat([e[:, 1:], method.decoder.mask_token.expand(2, 49 - 12, -1)], dim=1)
     tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, e.shape[-1]))
     want = torch.cat([e[:, :1], tokens], dim=1)
-    torch.testing.assert_close(seen[0], want)
+    torch.testing.assert_close(seen[0], want + method.decoder.pos_embed)  # forward_decoder's x + decoder_pos_embed
     assert torch.equal(m, torch.ones(2, 49, dtype=torch.bool).scatter(1, ids_shuffle[:, :12], False))
     assert y.shape == (2, 49, 16)
 
@@ -219,10 +219,22 @@ def test_one_view_without_colour(tiny_config):
     torch.testing.assert_close(got, want)
 
 
-def test_a_view_of_another_size_is_refused_in_one_line(tiny_config):
+def test_a_20px_view_trains_with_the_decoder_positions_resampled(tiny_config):
+    """FixRes-style 20-px crops: a 5x5 grid, 6 of 25 patches kept, the decoder's sin-cos embedding resampled
+    (bicubic, as timm resamples the encoder's); the [CLS] position is kept as it is."""
+    torch.manual_seed(0)
     method = make_mae(tiny_config)
-    with pytest.raises(UserError, match="global_size=28"):
-        method([torch.randn(2, 1, 32, 32)], CLOCK)
+    x = torch.randn(2, 1, 20, 20)
+    y, m, z = method.reconstruct(x)
+    assert y.shape == (2, 25, 16) and m.shape == (2, 25) and z.shape[1] == 1 + 6
+    assert int(m.sum(1)[0]) == 19
+    native = method.decoder.pos_embed
+    pos = method.decoder_pos_embed((5, 5), 1)
+    assert pos.shape == (1, 26, native.shape[-1]) and torch.equal(pos[:, 0], native[:, 0])
+    assert not torch.allclose(pos[:, 1:], native[:, 1:26])
+    out = method([x], CLOCK)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and method.decoder_embed.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,10 @@ import random
 
 import pytest
 import torch
+from lightly.models.utils import random_block_mask
 from scipy import ndimage
 
-from sslzoo.masking import BlockMasking
+from sslzoo.masking import BlockMasking, stratified_block_masks
 
 # The ViT-S/16 run's masking (README --pred_ratio 0 0.3 --pred_ratio_var 0 0.2) on the fmnist 7x7 grid.
 IBOT = BlockMasking(pred_ratio=[0.0, 0.3], pred_ratio_var=[0.0, 0.2], min_block=4, min_aspect=0.3, attempts=10)
@@ -86,3 +87,23 @@ def test_masks_are_a_function_of_the_torch_rng():
     other = IBOT(64, 7, 7)
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+# --------------------------------------------------------------------------- DINOv2's collate
+
+
+def test_stratified_masks_are_lightlys_draw_for_draw_on_the_7x7_grid():
+    random.seed(3)
+    ours = stratified_block_masks(16, 7, 7, 0.5, (0.1, 0.5), torch.device("cpu"))
+    random.seed(3)
+    assert torch.equal(ours, random_block_mask((16, 7, 7), 0.5, 0.1, 0.5))
+
+
+@pytest.mark.parametrize("side, low", [(5, 0.1), (7, 0.0), (3, 0.1)])
+def test_stratified_masks_on_targets_under_the_smallest_block(side, low):
+    """Targets of fewer than 4 patches (lightly's collate raises on them) get masks of at most the target."""
+    random.seed(4)
+    for _ in range(30):
+        counts = stratified_block_masks(16, side, side, 0.5, (low, 0.5), torch.device("cpu")).flatten(1).sum(1)
+        assert counts.max() <= int(side * side * 0.5) and int((counts > 0).sum()) <= 8
+    assert counts.max() > 0

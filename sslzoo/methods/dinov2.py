@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from lightly.models.utils import random_block_mask
 from torch import Tensor, nn
 
 from sslzoo.backbones import Backbone
@@ -34,6 +33,7 @@ from sslzoo.heads import dino_head
 from sslzoo.losses.dino import DINOLoss, distillation_terms
 from sslzoo.losses.dinov2 import koleo, teacher_targets
 from sslzoo.losses.ibot import MaskedPatchLoss
+from sslzoo.masking import stratified_block_masks
 from sslzoo.methods.base import METHODS, Method, MethodCard, MethodSetup, StepOutput
 from sslzoo.methods.distillation import DistillationConfig, SelfDistillation
 from sslzoo.schedules import Clock
@@ -112,13 +112,13 @@ class DINOv2(Method):
         return nn.ModuleDict({"backbone": backbone, "dino_head": h, "ibot_head": h_patch})
 
     def block_masks(self, crops: Tensor) -> Tensor:
-        """Masks (B, H, W) of a batch of global crops, DINOv2's collate.py through lightly's ``random_block_mask``
-        (blocks of >= 4 patches, aspect ratios in [0.3, 1/0.3], 10 attempts: masking.py MaskingGenerator's
-        defaults), from Python's RNG, which checkpoints restore."""
+        """Masks (B, H, W) of a batch of global crops, DINOv2's collate.py (masking.stratified_block_masks),
+        from Python's RNG, which checkpoints restore."""
         height, width = self.student.backbone.patch_grid(crops.shape[-1])
         low, high = self.hp.mask_ratio_min_max
-        size = (len(crops), height, width)
-        return random_block_mask(size, self.hp.mask_sample_probability, low, high, device=crops.device)
+        return stratified_block_masks(
+            len(crops), height, width, self.hp.mask_sample_probability, (low, high), crops.device
+        )
 
     def targets(self, centre: DINOLoss | MaskedPatchLoss, teacher_out: Tensor, tau_t: float) -> Tensor:
         return teacher_targets(centre, teacher_out, tau_t, self.hp.centering, self.hp.sinkhorn_iterations)

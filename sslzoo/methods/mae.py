@@ -22,6 +22,7 @@ import torch
 from lightly.models.modules.masked_vision_transformer_decoder_timm import MaskedVisionTransformerDecoderTIMM
 from lightly.models.modules.masked_vision_transformer_timm import init_weights
 from lightly.models.utils import initialize_2d_sine_cosine_positional_embedding, patchify, set_at_index
+from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from sslzoo.backbones import Backbone
@@ -101,17 +102,25 @@ class MAE(Method):
 
     def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(y, m, z): predicted pixels of every patch (B, N, P), the mask (B, N) and the encoder's tokens."""
-        size = self.encoder.model.patch_embed.img_size
-        if tuple(x.shape[-2:]) != tuple(size):
-            raise UserError(f"mae's decoder has {size[0]}x{size[1]} px of positions: set augment.global_size={size[0]}")
-        keep, m = random_masking(len(x), self.num_patches, self.hp.mask_ratio, x.device)
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        n = grid[0] * grid[1]
+        keep, m = random_masking(len(x), n, self.hp.mask_ratio, x.device)
         z = self.encoder.forward_tokens(x, keep=keep)  # [CLS] + visible patches
         prefix = z.shape[1] - keep.shape[1]
         places = torch.cat([torch.arange(prefix, device=x.device).expand(len(x), -1), keep + prefix], dim=1)
         e = self.decoder_embed(z)
-        u = set_at_index(self.decoder.mask_token.expand(len(x), prefix + self.num_patches, -1).to(e.dtype), places, e)
-        y = self.decoder_pred(self.decoder.decode(self.decoder.add_pos_embed(u)))
+        u = set_at_index(self.decoder.mask_token.expand(len(x), prefix + n, -1).to(e.dtype), places, e)
+        y = self.decoder_pred(self.decoder.decode(u + self.decoder_pos_embed(grid, prefix)))
         return y[:, prefix:], m, z
+
+    def decoder_pos_embed(self, grid: tuple[int, int], prefix: int) -> Tensor:
+        """The decoder's fixed sin-cos position embedding, resampled to another crop's patch grid as timm
+        resamples the encoder's (dynamic_img_size): one recipe trains at any crop size, e.g. 20-px crops of
+        28-px images (FixRes)."""
+        native = self.encoder.model.patch_embed.grid_size
+        if tuple(grid) == tuple(native):
+            return self.decoder.pos_embed
+        return resample_abs_pos_embed(self.decoder.pos_embed, list(grid), list(native), num_prefix_tokens=prefix)
 
     def training_step(self, views: list[Tensor], clock: Clock) -> StepOutput:
         (x,) = views
