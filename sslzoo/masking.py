@@ -9,7 +9,8 @@ Each crop draws its own prediction ratio r: one of ``pred_ratio`` chosen
 uniformly, widened to U(r - var, r + var) by its ``pred_ratio_var`` (iBOT's
 ViT-S/16 run: ``0 0.3`` / ``0 0.2``, i.e. no mask with probability 1/2, else
 r ~ U(0.1, 0.5)). Rectangular blocks are then added until r * H * W patches
-are masked: each block has a target area drawn from U(min_block, room left),
+are masked: each block has a target area drawn from U(min_block, room left) (by default iBOT's
+(min(H, W) // 3) ** 2 of the crop's grid),
 a log-uniform aspect ratio in [a, 1/a], a uniform position, and is kept only
 if it adds between 1 and "room left" new patches; after ``attempts`` failed
 draws the mask is returned as it is.
@@ -68,7 +69,7 @@ SEED_BITS = 62  # a batch's block sampler is seeded by one draw of this many bit
 class BlockMasking:
     pred_ratio: list[float]  # candidate mean ratios r, one chosen uniformly per crop
     pred_ratio_var: list[float]  # half-width of the uniform draw around each r (0: exactly r)
-    min_block: int  # smallest target area of a block, in patches
+    min_block: int | None  # smallest target area of a block, in patches; None: loader.py's (min(H, W) // 3) ** 2
     min_aspect: float  # block aspect ratios lie in [min_aspect, 1 / min_aspect]
     attempts: int  # draws per block before giving up
 
@@ -88,12 +89,13 @@ class BlockMasking:
         """Add blocks until ``target`` patches are masked or no block fits (BEiT Algorithm 1)."""
         mask = [[False] * width for _ in range(height)]
         log_aspect = (math.log(self.min_aspect), -math.log(self.min_aspect))
+        min_block = self.min_block if self.min_block is not None else (min(height, width) // 3) ** 2
         count = 0
         while count < target:
             room = target - count
             added = 0
             for _ in range(self.attempts):
-                area = rng.uniform(self.min_block, room)
+                area = rng.uniform(min_block, room)
                 aspect = math.exp(rng.uniform(*log_aspect))
                 h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
                 if h >= height or w >= width:

@@ -107,3 +107,16 @@ def test_stratified_masks_on_targets_under_the_smallest_block(side, low):
         counts = stratified_block_masks(16, side, side, 0.5, (low, 0.5), torch.device("cpu")).flatten(1).sum(1)
         assert counts.max() <= int(side * side * 0.5) and int((counts > 0).sum()) <= 8
     assert counts.max() > 0
+
+
+@pytest.mark.parametrize("side, block", [(9, 3), (7, 2), (5, 1)])
+def test_the_default_minimum_block_is_ibots_rule(side, block):
+    """min_block None: loader.py's (min(H, W) // 3) ** 2, so square blocks (aspect 1) on a target of that area are
+    exactly one block of side min(H, W) // 3."""
+    masking = BlockMasking([0.0], [0.0], min_block=None, min_aspect=1.0, attempts=10)
+    rng = random.Random(3)
+    for _ in range(20):
+        mask = torch.tensor(masking.block_mask(rng, side, side, float(block * block)))
+        rows, cols = mask.nonzero(as_tuple=True)
+        assert int(mask.sum()) == block * block
+        assert int(rows.max() - rows.min()) + 1 == block and int(cols.max() - cols.min()) + 1 == block

@@ -99,7 +99,7 @@ class IBOT(Method):
         lambda_patch: float  # lambda2, weight of L_MIM
         pred_ratio: list[float]  # candidate mask ratios, one drawn per crop
         pred_ratio_var: list[float]  # each ratio is drawn uniformly in ratio +- var
-        mask_min_block: int  # smallest block area, in patches
+        mask_min_block: int | None  # smallest block area, in patches (None: (min(H, W) // 3) ** 2 of the grid)
         mask_min_aspect: float  # block aspect ratios in [a, 1/a]
         mask_attempts: int  # draws per block before the mask is left as it is
 
@@ -137,8 +137,12 @@ class IBOT(Method):
             raise UserError("method.pred_ratio and method.pred_ratio_var need the same number of entries (at least 1)")
         if not all(0 <= r - v and r + v <= 1 for r, v in zip(hp.pred_ratio, hp.pred_ratio_var)):
             raise UserError("method.pred_ratio +- method.pred_ratio_var must stay within [0, 1]")
-        if hp.mask_min_block < 1 or hp.mask_attempts < 1 or not 0 < hp.mask_min_aspect <= 1:
-            raise UserError("method.mask_min_block and mask_attempts must be >= 1, mask_min_aspect in (0, 1]")
+        if (
+            (hp.mask_min_block is not None and hp.mask_min_block < 1)
+            or hp.mask_attempts < 1
+            or not 0 < hp.mask_min_aspect <= 1
+        ):
+            raise UserError("method.mask_min_block (or null) and mask_attempts must be >= 1, mask_min_aspect in (0, 1]")
 
     def encoder(self, drop_path: float | None = None) -> Encoder:
         hp = self.hp
