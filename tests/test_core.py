@@ -76,7 +76,8 @@ def test_multicrop_keeps_one_channel_images_one_channel():
     cfg = load_config("dino_fmnist")
     image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
     views = MultiCrop(cfg.augment, 1, [0.286], [0.353])(image)
-    assert [tuple(v.shape) for v in views] == [(1, 28, 28)] * 2 + [(1, 12, 12)] * cfg.augment.local_crops
+    size = cfg.augment.global_size  # 20 px (FixRes), smaller than the 28-px images
+    assert [tuple(v.shape) for v in views] == [(1, size, size)] * 2 + [(1, 12, 12)] * cfg.augment.local_crops
 
 
 def test_always_solarize_inverts_bright_pixels():

@@ -29,6 +29,7 @@ from sslzoo.data import FMNIST_SYSTEM_DIR, read_idx
 from sslzoo.errors import UserError
 from sslzoo.methods import method_class
 from sslzoo.metrics_log import MetricsLog, NonFiniteLoss
+from sslzoo.recipes import load_config
 from sslzoo.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +125,9 @@ def error_lines(output: str) -> list[str]:
 
 
 def checkpoint(out: Path, method: str = "dino") -> dict:
-    return load_checkpoint(out / "checkpoints" / "last.pt", method, "vit_convstem_micro_28")
+    """The run's last checkpoint, checked to be ``method`` on its ``*_fmnist`` recipe's backbone."""
+    backbone = load_config(f"{method}_fmnist").model.backbone
+    return load_checkpoint(out / "checkpoints" / "last.pt", method, backbone)
 
 
 def temp_files(out: Path) -> list[str]:

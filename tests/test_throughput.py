@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sslzoo.data import SyntheticImages
+from sslzoo.recipes import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,9 @@ def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> No
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = json.loads(out.read_text())
-    assert record["data"] == "synthetic" and record["crops"] == "2x28px + 4x12px" and record["batch_per_device"] == 4
+    recipe = load_config("dino_fmnist")
+    crops = f"2x{recipe.augment.global_size}px + 4x12px"
+    assert record["data"] == "synthetic" and record["crops"] == crops and record["batch_per_device"] == 4
     for key in ("model_images_per_s", "loader_images_per_s", "end_to_end_images_per_s", "sslzoo_over_lightly"):
         assert record[key] > 0, key
     assert record["lightly"]["images_per_s"] > 0
@@ -43,5 +46,5 @@ def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> No
     assert "git_commit" in record["provenance"] and record["provenance"]["torch_version"] == torch.__version__
     assert record["model_images_per_s"] == 4 / record["model_step_s_median"]
     table = out.with_suffix(".md").read_text()
-    assert "| dino | vit_convstem_micro_28 | 2x28px + 4x12px | 4 | fp32 |" in table
+    assert f"| dino | {recipe.model.backbone} | {crops} | 4 | fp32 |" in table
     assert "loader CPU ms/img, batched" in table
