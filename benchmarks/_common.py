@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from sslzoo.config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The scripts import this module before sslzoo: they then measure the sslzoo of this checkout, as the
+# train.py beside them does, not another copy installed in the environment (an editable install of
+# another clone would mix two versions of the code in one result).
+sys.path.insert(1, str(REPO_ROOT))
 TRAIN_SCRIPT = REPO_ROOT / "train.py"
 PRETRAIN_FILE = "pretrain.json"  # what pretrain() measured, kept in the run folder
 LOG_FILE = "train.log"  # the training subprocess's output, in the run folder
