@@ -24,7 +24,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from sslzoo.config import AugmentConfig
-from sslzoo.photometric import apply_params, blur_kernel_size, draw_params, uniform
+from sslzoo.photometric import apply_params, blur_kernel_size, draw_params
 
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's default, as every paper's code)
 
@@ -116,22 +116,25 @@ class CroppedViews(NamedTuple):
     params: list[Tensor]
 
 
+CROP_TRIES = 10  # RandomResizedCrop's tries before its centred fallback
+
+
 def draw_crop(
     height: int, width: int, scale: tuple[float, float], generator: torch.Generator
 ) -> tuple[int, int, int, int]:
     """A RandomResizedCrop box (top, left, height, width), drawn as torchvision draws it (Szegedy et al.
     2015): up to ten tries at a uniform share of the area and a log-uniform aspect ratio in [3/4, 4/3],
-    else the whole image clipped to that ratio, centred."""
+    else the whole image clipped to that ratio, centred. The uniforms of every try and of the position
+    come from one call (one-number draws cost a loader worker more than the crop itself)."""
+    u = torch.rand(2 * CROP_TRIES + 2, generator=generator).tolist()
     area = height * width
-    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
-    for _ in range(10):
-        target = area * uniform(*scale, generator)
-        ratio = math.exp(uniform(*log_ratio, generator))
+    log_low, log_high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    for i in range(CROP_TRIES):
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[2 * i])
+        ratio = math.exp(log_low + (log_high - log_low) * u[2 * i + 1])
         w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
         if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-            return top, left, h, w
+            return int(u[-2] * (height - h + 1)), int(u[-1] * (width - w + 1)), h, w
     ratio = width / height
     w, h = width, height
     if ratio < CROP_RATIO[0]:

@@ -128,6 +128,9 @@ def test_draw_params_follow_the_configured_distributions() -> None:
     assert abs(blurred.float().mean() - 0.5) < 0.03
     assert drawn[blurred, P.SIGMA].min() >= 0.1 and drawn[blurred, P.SIGMA].max() <= 2.0
     assert abs(drawn[:, P.SOLARIZE].mean() - 0.2) < 0.03
+    orders = [tuple(row) for row in drawn[jittered, P.ORDER : P.ORDER + 4].long().tolist()]
+    counts = [orders.count(order) for order in set(orders)]
+    assert len(counts) == 24 and max(counts) - min(counts) < 0.5 * len(orders) / 24  # ColorJitter's uniform randperm
     torch.manual_seed(1)
     first = draw_params((0.4, 0.4, 0.2, 0.1), 0.8, 0.2, (0.1, 2.0), 0.5, 0.2)
     torch.manual_seed(1)
@@ -186,4 +189,7 @@ def test_crop_boxes_follow_random_resized_crop() -> None:
         assert 0 <= top and top + h <= 28 and 0 <= left and left + w <= 20
         assert 0.2 * 560 * 0.85 <= h * w <= 0.9 * 560 * 1.15
         assert 3 / 4 * 0.85 <= w / h <= 4 / 3 * 1.15
+    boxes = [draw_crop(28, 28, (0.25, 0.25), generator) for _ in range(2000)]
+    relative_tops = torch.tensor([top / (28 - h) for top, _, h, _ in boxes])  # 0: at the top, 1: at the bottom
+    assert relative_tops.min() == 0 and relative_tops.max() == 1 and abs(relative_tops.mean() - 0.5) < 0.03
     assert draw_crop(10, 40, (1.0, 1.0), generator) == (0, 13, 10, 13)  # no try fits: the centred fallback
