@@ -55,7 +55,7 @@ def draw_params(
     """One view's parameters from ``generator`` (default: the global torch RNG), with the distributions of
     torchvision's RandomApply(ColorJitter), RandomGrayscale, RandomApply(GaussianBlur) and RandomSolarize.
 
-    All uniforms come from one call (a dozen one-number draws cost a loader worker 0.12 ms per view);
+    All uniforms come from one call (a dozen one-number draws cost a loader worker more than the crop);
     the random order of the jitter ops is the argsort of four uniforms, a uniform permutation as
     ColorJitter's ``randperm``."""
     u = torch.rand(JITTER_DRAWS, generator=generator).tolist()
@@ -70,7 +70,8 @@ def draw_params(
             shift = hue * (2 * u[4] - 1)
         order = [float(i) for i in sorted(range(4), key=u[5:9].__getitem__)]
     sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * u[11] if u[10] < blur_p else 0.0
-    return torch.tensor([*factors, shift, *order, float(u[9] < grayscale_p), sigma, float(u[12] < solarize_p)])
+    columns = [*factors, shift, *order, float(u[9] < grayscale_p), sigma, float(u[12] < solarize_p)]  # P's order
+    return torch.tensor(columns)
 
 
 # --------------------------------------------------------------------------- batched ops on (B, C, H, W) in [0, 1]
