@@ -489,8 +489,9 @@ def main(argv: list[str]) -> int:
     for experiment in chosen:  # a typo in an override fails here, before any run starts
         if experiment.recipe in available_recipes():
             load_config(experiment.recipe, overrides_of(experiment, options["steps"], train))
-    # absolute: the training subprocesses run in the repository root
-    options["runs"], out = str(Path(options["runs"]).resolve()), Path(options["out"]).resolve()
+    # runs= as given: the training subprocesses share this working directory, and the results name no
+    # machine's paths when it is relative (the default)
+    out = Path(options["out"])
     start, started = time.perf_counter(), provenance()
     entries = [run_experiment(e, options, train, evaluator) for e in chosen]
     results = {

@@ -123,13 +123,15 @@ def test_bad_options_fail_before_any_run(tmp_path: Path, capsys: pytest.CaptureF
     assert not any(tmp_path.iterdir())
 
 
-def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) -> None:
+def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # relative out= and runs=, from another working directory: the results name no machine's paths
     out, runs = tmp_path / "out", tmp_path / "runs"
-    command = [sys.executable, str(BENCHMARKS / "ablations.py"), "only=dino", "steps=2", f"out={out}", f"runs={runs}"]
+    command = [sys.executable, str(BENCHMARKS / "ablations.py"), "only=dino", "steps=2", "out=out", "runs=runs"]
     command += ["data.batch_size=16", "trainer.device=cpu", "trainer.log_every=1", "eval.device=cpu"]
     command += ["eval.train_limit=200", "eval.test_limit=100", "seed=1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert str(tmp_path) not in (out / "ablations.json").read_text()
     results = json.loads((out / "ablations.json").read_text())
     entries = {e["name"]: e for e in results["experiments"]}
     assert set(entries) == {"dino", "dino_no_centring", "dino_no_sharpening"}
@@ -146,7 +148,7 @@ def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) ->
     assert (out / "dino_centring_sharpening.png").stat().st_size > 1000
     assert "| dino |" in (out / "ablations.md").read_text()
     # reuse=true keeps the finished runs, reports their own training time and says so in the table
-    again = subprocess.run(command + ["reuse=true"], capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command + ["reuse=true"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     reran = {e["name"]: e for e in json.loads((out / "ablations.json").read_text())["experiments"]}
     assert all(e["reused"] and e["train_wall_s"] == entries[e["name"]]["train_wall_s"] for e in reran.values())
@@ -157,5 +159,6 @@ def test_a_tiny_dino_ablation_writes_json_markdown_and_figure(tmp_path: Path) ->
     dino = next(e for e in ablations.experiments() if e.name == "dino")
     train = {"data.batch_size": 16, "trainer.device": "cpu", "trainer.log_every": 1, "seed": 1}
     overrides = ablations.overrides_of(dino, 2, train)
-    assert finished_run(runs / "dino", dino.recipe, overrides) is not None
-    assert finished_run(runs / "dino", dino.recipe, {**overrides, "method.teacher_temp": 0.05}) is None
+    monkeypatch.chdir(tmp_path)  # where the runs were made: their saved out_dir is relative to it
+    assert finished_run(Path("runs/dino"), dino.recipe, overrides) is not None
+    assert finished_run(Path("runs/dino"), dino.recipe, {**overrides, "method.teacher_temp": 0.05}) is None
