@@ -1,6 +1,7 @@
 """The teaching lab's ablations: ``python benchmarks/ablations.py [key=value ...]``.
 
-Reproduces three qualitative claims of the papers on Fashion-MNIST, on a CPU:
+Puts five groups of the papers' qualitative claims to the test on Fashion-MNIST, on a CPU (README, "Ablations
+that reproduce the papers' claims", says which of them the figures show at this budget):
 
 - dino: DINO without centring collapses to one dimension (teacher entropy -> 0),
   without sharpening to the uniform distribution (entropy -> log K); with both it
