@@ -131,6 +131,8 @@ def test_vit_feature_rule_by_backbone() -> None:
     small = linear.vit_rule("vit_small_patch16_224")
     assert (base.n_last_blocks, base.avgpool_patchtokens) == (1, True)
     assert (small.n_last_blocks, small.avgpool_patchtokens) == (4, False)
+    deep = linear.vit_rule("vit_deepstem_micro_28")  # one block: ViT-B's rule
+    assert (deep.n_last_blocks, deep.avgpool_patchtokens) == (1, True)
     resnet = build_model("resnet18_cifar", in_chans=1)
     assert not isinstance(resnet, VisionTransformer)
     assert not isinstance(feature_encoder(resnet, "resnet18_cifar", linear), ViTProbeFeatures)
