@@ -114,6 +114,8 @@ def test_the_budget_keeps_the_schedule_shape() -> None:
     ft = load_protocol().finetune
     rule = ft.rule(VIT)
     assert rule.budget is not None and ft.rule("vit_base_patch16_224").budget is None
+    deep = ft.rule("vit_deepstem_micro_28")  # the quick start's backbone takes the CPU rule too
+    assert dataclasses.replace(deep, backbone=rule.backbone) == rule
     plan = schedule(dataclasses.replace(rule, budget=200), ft, 60000)
     assert (plan.total, plan.warmup) == (200, round(200 * rule.warmup_epochs / rule.epochs))
     assert plan.peak_lr == pytest.approx(rule.blr * rule.batch_size / 256) and plan.lr(200) == pytest.approx(ft.min_lr)
