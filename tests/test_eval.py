@@ -257,7 +257,8 @@ def test_eval_cli_writes_offline_results(tiny_run: Path, capsys: pytest.CaptureF
     assert set(knn["knn_top1"]) == {"5", "20"} and knn["headline"]["k"] == 20
     assert all(0.0 <= v <= 1.0 for v in [*knn["knn_top1"].values(), linear["linear_top1"]])
     assert (knn["train_images"], knn["test_images"]) == (300, 100)
-    assert linear["feature_dim"] == knn["feature_dim"] == 128  # dino_fmnist's one block: its [CLS]
+    assert knn["feature_dim"] == 128  # dino_fmnist's one block: its [CLS]
+    assert linear["feature_dim"] == 256  # ViT-B's rule at one block: [CLS] + mean patch token
     for record in (knn, linear):
         assert record["provenance"]["torch_version"] == torch.__version__
         assert "git_commit" in record["provenance"] and record["provenance"]["hardware"]["cpu_cores"]
