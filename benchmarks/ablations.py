@@ -288,9 +288,8 @@ def run_experiment(experiment: Experiment, options: dict, train: dict, evaluator
 
 def random_init_knn(evaluator, entries: list[dict]) -> tuple[dict[str, float], int | None]:
     """kNN of each untrained backbone that the experiments trained, on their data (what a method that
-    learned nothing scores), initialised with the runs' seed: {backbone: top-1}; and that seed. The
-    recipes differ in backbone (dino_fmnist's deep stem, the others' conv stem), so each group is read
-    against its own floor."""
+    learned nothing scores), initialised with the runs' seed: {backbone: top-1}; and that seed. A
+    run's overrides may change its backbone, so each group is read against its own backbone's floor."""
     from sslzoo.eval.evaluate import from_run, random_init
 
     floors: dict[str, float] = {}

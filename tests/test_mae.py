@@ -126,11 +126,12 @@ def test_the_encoder_sees_only_the_kept_tokens_at_their_positions():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_the_conv_stem_sees_no_pixel_of_a_removed_patch():
+@pytest.mark.parametrize("name", ["vit_convstem_micro_28", "vit_deepstem_micro_28"])
+def test_a_conv_stem_sees_no_pixel_of_a_removed_patch(name):
     """Its overlapping 3x3 convolutions reach into neighbouring patches: without the zeroing the kept tokens
     would depend on removed pixels (checked below on the stem alone); with it they do not, even in train mode."""
     torch.manual_seed(4)
-    backbone = create_backbone("vit_convstem_micro_28", in_chans=1).train()
+    backbone = create_backbone(name, in_chans=1).train()
     x = torch.randn(4, 1, 28, 28, requires_grad=True)
     keep, mask = random_masking(4, 49, 0.75, x.device)
     backbone.forward_tokens(x, keep=keep).sum().backward()
@@ -279,7 +280,8 @@ def test_a_tiny_run_draws_reconstructions_and_fine_tunes(tiny_config, tmp_path, 
     from sslzoo.viz.__main__ import main
     from sslzoo.viz.reconstructions import reconstruct
 
-    run = train(tiny_config("mae_fmnist", **SMALL_DECODER, **{"trainer.max_steps": 2, "data.batch_size": 8}))
+    cfg = tiny_config("mae_fmnist", **SMALL_DECODER, **{"trainer.max_steps": 2, "data.batch_size": 8})
+    run = train(cfg)
     out = tmp_path / "figure.png"
     main(["reconstructions", f"run={run}", "images=3", f"out={out}"])
     assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
@@ -298,7 +300,7 @@ def test_a_tiny_run_draws_reconstructions_and_fine_tunes(tiny_config, tmp_path, 
 
     assert eval_main(["finetune", f"run={run}", "train_limit=64", "test_limit=32", "finetune.budget=2"]) == 0
     record = json.loads(RunDir(run).eval_record("finetune").read_text())
-    assert record["subject"]["backbone"] == "vit_convstem_micro_28" and 0 <= record["finetune_top1"] <= 1
+    assert record["subject"]["backbone"] == cfg.model.backbone and 0 <= record["finetune_top1"] <= 1
 
     other = {"trainer.max_steps": 1, "trainer.out_dir": str(tmp_path / "simclr"), "method.proj_hidden_dim": 32}
     simclr = train(tiny_config("simclr_fmnist", **other))
