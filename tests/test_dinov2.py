@@ -284,13 +284,14 @@ def test_layerwise_lr_decay_matches_the_official_rule(tiny_config):
     for group in parameter_groups(method, True, method.lr_scales()):
         for param in group["params"]:
             scale_of[id(param)] = group["lr_scale"]
+    depth = len(method.student.backbone.model.blocks)  # the recipe's backbone
     checked = 0
     for name, param in method.named_parameters():
         if not param.requires_grad:
             continue
         want = 1.0  # the heads
         if name.startswith("student.backbone.") or name == "mask_token":
-            want = official_lr_multiplier(name, 2, 0.8, 0.2)
+            want = official_lr_multiplier(name, depth, 0.8, 0.2)
         assert scale_of[id(param)] == pytest.approx(want), name
         checked += want != 1.0
     assert checked >= 10  # blocks, patch embedding, tokens
