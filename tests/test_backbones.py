@@ -34,6 +34,21 @@ def test_convstem_is_stride_2_convolutions_with_bn_then_a_1x1_projection() -> No
     assert sum(isinstance(m, nn.BatchNorm2d) for m in stem.proj) == 2
 
 
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [("vit_convstem_micro_28", (9, 15)), ("vit_deepstem_micro_28", (4, 20))],
+)
+def test_a_token_sees_past_its_patch_as_far_as_the_readme_says(name: str, rows: tuple[int, int]) -> None:
+    """Token (3, 3) covers pixels 12-15; the stem's 3x3 convolutions reach 3 px above and to the left
+    (conv stem), or 8 px above/left and 5 px below/right (deep stem): README, MAE's deviation row."""
+    x = torch.randn(1, 1, 28, 28, requires_grad=True)
+    build_model(name, in_chans=1).eval().patch_embed(x)[0, 3, 3].sum().backward()
+    seen = x.grad[0, 0].abs() > 0
+    for axis in (0, 1):
+        idx = seen.any(dim=1 - axis).nonzero().flatten()
+        assert (idx.min().item(), idx.max().item()) == rows
+
+
 def test_masked_tokens_change_only_through_the_mask_token() -> None:
     backbone = create_backbone(NAME, in_chans=1).eval()
     x = torch.randn(2, 1, 28, 28)
