@@ -152,10 +152,10 @@ def test_fmnist_recipe_trains_and_exports_the_backbone(tiny_config) -> None:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and 0 <= r["positive_accuracy"] <= 1 for r in records)
-    model = build_model("vit_convstem_micro_28", in_chans=1)
+    model = build_model(cfg.model.backbone, in_chans=1)
     model.load_state_dict(torch.load(run / "backbone.pt", weights_only=True), strict=True)
     # the exported backbone is the trained encoder's, not a fresh one
-    state = load_checkpoint(run / "checkpoints" / "last.pt", "simclr", "vit_convstem_micro_28")["model"]
+    state = load_checkpoint(run / "checkpoints" / "last.pt", "simclr", cfg.model.backbone)["model"]
     prefix = "encoder.backbone.model."
     trained = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     assert trained.keys() == model.state_dict().keys()
