@@ -70,7 +70,7 @@ EVAL_DEFAULTS = {"train_limit": 10000, "test_limit": 5000, "knn.ks": [20]}
 LOG_EVERY = 5
 
 # Step budgets, sized for the whole default set to fit under an hour on 2 cores (all five groups, 17 runs,
-# 25.3 minutes measured in one go with the 20-px recipes, evaluation included: benchmarks/results/ablations).
+# 21.6 minutes measured in one go with the deep-stem recipes, evaluation included: benchmarks/results/ablations).
 # Both DINO collapses show within the first hundred steps (entropy and KL curves); the batch sweep
 # keeps the number of images seen fixed: steps x batch = BATCH_STEPS x BATCH_SIZES[0].
 DINO_STEPS = 120
