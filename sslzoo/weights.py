@@ -188,6 +188,13 @@ def load_into(model: nn.Module, state: dict[str, Tensor], backbone: str, source:
             if key.endswith("num_batches_tracked"):  # a BN counter that converted files often leave out
                 state[key] = target
                 continue
+            if key.startswith("norm.") and "fc_norm." + key.removeprefix("norm.") in state:
+                # MAE's fine-tuned classifiers (main_finetune.py --global_pool) replace the final norm by
+                # fc_norm over the average-pooled tokens: another network's features, not the encoder's
+                raise UserError(
+                    f"{source} is a fine-tuned classifier (it has 'fc_norm' in place of '{key}'): "
+                    "pass the pre-trained checkpoint (for MAE, mae_pretrain_vit_*.pth)"
+                )
             raise UserError(f"{source} has no '{key}', which {backbone} needs: {fix}")
         if state[key].shape != target.shape:
             channels = ""

@@ -113,6 +113,16 @@ def test_mae_checkpoint_drops_its_decoder(tmp_path: Path, full: bool) -> None:
     assert "leave part= out" in message(released, contents, "teacher")
 
 
+def test_mae_finetuned_classifier_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """mae_finetuned_vit_base.pth: the encoder with fc_norm (after average pooling) in place of norm, and a head."""
+    encoder = vit_state(0)
+    finetuned = {k.replace("norm.", "fc_norm.") if k.startswith("norm.") else k: v for k, v in encoder.items()}
+    finetuned["head.weight"] = torch.randn(1000, 128)
+    path = str(write(tmp_path, "mae_finetuned.pth", {"model": finetuned}))
+    text = message(load_weights, path, VIT, None, 3)
+    assert "fine-tuned classifier" in text and "'norm.weight'" in text and "pre-trained checkpoint" in text
+
+
 def test_mae_training_checkpoint_names_its_architecture() -> None:
     contents = {"model": {"cls_token": torch.zeros(1, 1, 4)}, "args": argparse.Namespace(model="mae_vit_base_patch16")}
     assert released(contents).arch == "vit_base_patch16_224"
