@@ -43,7 +43,7 @@ RECIPES = [
 STEPS = 2  # the second step uses the EMA teacher, centre and BN statistics the first one updated
 PER_RANK_BATCH = 8
 TOLERANCE = 1e-5  # fp32 sums in a different order
-METHOD_OVERRIDES = {  # small heads keep the short runs quick on 2 cores
+METHOD_OVERRIDES = {  # small heads keep the short runs quick on 2 cores; VICReg's smaller step below
     "dino": {"method.out_dim": 256, "method.proj_hidden_dim": 256, "method.bottleneck_dim": 64},
     "simclr": {"method.proj_hidden_dim": 128},
     "mae": {"method.decoder_dim": 32, "method.decoder_depth": 1, "method.decoder_heads": 2},
@@ -61,9 +61,9 @@ METHOD_OVERRIDES = {  # small heads keep the short runs quick on 2 cores
         "method.use_bn_in_head": False,  # no masked patch: the iBOT head's BN would see an empty batch
     },
     "simsiam": {"method.proj_hidden_dim": 128, "method.out_dim": 128, "method.pred_hidden_dim": 32},
-    # variance, covariance: the global batch's. A smaller step: at lr 0.2 the deep stem's step-1 weights, equal
-    # to 1e-7, leave a pre-ReLU value on either side of 0, which reroutes 2% of the stem's step-2 gradient
-    # (its blocks and head still agree to 1e-7); at 0.05 all agree to 1e-7, and the weights move 2e-3.
+    # variance, covariance: the global batch's. A smaller step: at lr 0.2 step 1 agrees to 1e-7 everywhere, but
+    # step 2's update of the deep stem's convolutions differs by 2% while its block and head agree to 1e-7 (what
+    # a pre-ReLU value landing on the other side of 0 would do); at 0.05 all agree to 1e-7, weights move > 2e-3.
     "vicreg": {"method.proj_hidden_dim": 128, "method.out_dim": 128, "optim.lr": 0.05},
     # SwAV: step 1 fills a queue of one global batch, step 2 uses it in Sinkhorn-Knopp and updates the prototypes
     "swav": {
