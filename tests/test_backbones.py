@@ -82,3 +82,11 @@ def test_deepstem_trades_a_block_for_stride_1_convolutions_on_the_same_grid() ->
 def test_backbone_state_dict_loads_strictly_into_the_plain_model() -> None:
     backbone = create_backbone(NAME, in_chans=1)
     build_model(NAME, in_chans=1).load_state_dict(backbone.model.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize(("name", "rates"), [("vit_deepstem_micro_28", [0.0]), ("vit_convstem_micro_28", [0.0, 0.1])])
+def test_drop_path_rises_linearly_over_the_blocks_from_0(name: str, rates: list[float]) -> None:
+    """timm's rule, which leaves the one-block deep stem without stochastic depth (the recipes' notes)."""
+    model = build_model(name, in_chans=1, drop_path=0.1)
+    found = [getattr(block.drop_path1, "drop_prob", 0.0) for block in model.blocks]
+    assert found == pytest.approx(rates)
