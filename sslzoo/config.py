@@ -27,7 +27,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULTS_FILE = PACKAGE_DIR / "defaults.yaml"
 RECIPES_DIR = PACKAGE_DIR.parent / "recipes"
 RENAMED = {  # old dotted key -> its name now: one name per concept across methods
-    "method.momentum_teacher": "method.momentum",  # DINO, iBOT: the EMA momentum m (cosine to 1)
+    "method.momentum_teacher": "method.momentum",  # DINO, iBOT: the EMA momentum m (cosine to momentum_end)
     "method.momentum_base": "method.momentum",  # BYOL, MoCo v3: the same m
     "method.hidden_dim": "method.proj_hidden_dim",  # DINO, iBOT, SimCLR: the projection head width
 }

@@ -10,7 +10,9 @@ import torch
 from sslzoo.backbones import build_model
 from sslzoo.build import build_method
 from sslzoo.cli import train
+from sslzoo.errors import UserError
 from sslzoo.losses.dino import DINOLoss
+from sslzoo.methods.distillation import SelfDistillation
 from sslzoo.schedules import Clock
 
 
@@ -88,6 +90,24 @@ def test_step_teacher_has_no_gradient_and_follows_the_student(tiny_config):
         assert torch.allclose(new, momentum * old + (1 - momentum) * s, atol=1e-6)
     assert method.teacher.updates == 1
     assert not torch.equal(method.loss.center, torch.zeros_like(method.loss.center))
+
+
+@pytest.mark.parametrize("recipe", ["dino_fmnist", "ibot_fmnist", "dinov2_fmnist"])
+def test_teacher_momentum_follows_its_cosine_from_momentum_to_momentum_end(tiny_config, recipe):
+    """m(k) = m_end - (m_end - m_0) (1 + cos(pi k / K)) / 2: m_0 at step 0, m_end at the last step."""
+    total = 40
+    for end in (1.0, 0.98, 0.97):  # the papers' 1; one under it; constant at m_0
+        hp = tiny_config(recipe, **{"method.momentum": 0.97, "method.momentum_end": end}).method
+        schedule = SelfDistillation(hp, student=torch.nn.Identity(), teacher=None, centres=[])
+        for k in (0, 10, 20, 30, 40):
+            expected = end - (end - 0.97) * (1 + math.cos(math.pi * k / total)) / 2
+            clock = Clock(step=k, total_steps=total, steps_per_epoch=4, epochs=10)
+            assert schedule.momentum(clock) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_teacher_momentum_outside_0_1_is_refused_in_one_line(tiny_config):
+    with pytest.raises(UserError, match=r"method\.momentum_end=1\.5 must lie in \[0, 1\]"):
+        tiny_config("dino_fmnist", **{"method.momentum_end": 1.5})
 
 
 def test_bn_in_head_normalises_the_hidden_layers_of_student_and_teacher(tiny_config):

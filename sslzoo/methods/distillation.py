@@ -2,7 +2,7 @@
 
 Both train a student against an EMA teacher whose outputs are centred and
 sharpened: the part holds their shared hyperparameters, the teacher's schedules
-(temperature tau_t: linear warm-up, then constant; momentum m: cosine to 1),
+(temperature tau_t: linear warm-up, then constant; momentum m: cosine to its end value),
 the prototype freeze of the first epoch(s), and the update after each
 optimizer step, ``gt = m * gt + (1 - m) * gs`` and every centre's commit.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from sslzoo.errors import UserError
 from sslzoo.losses.dino import TeacherCentre
 from sslzoo.schedules import Clock, cosine, linear_warmup
 from sslzoo.target import EMATarget
@@ -34,8 +35,14 @@ class DistillationConfig:
     warmup_teacher_temp: float  # tau_t at step 0
     warmup_teacher_temp_epochs: float
     center_momentum: float  # c
-    momentum: float  # m at step 0, cosine to 1
+    momentum: float  # m at step 0, cosine to momentum_end
+    momentum_end: float  # m at the last step (1 in DINO and iBOT; DINOv2's final_momentum_teacher)
     freeze_last_layer_epochs: float
+
+    def __post_init__(self) -> None:
+        for key in ("momentum", "momentum_end"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise UserError(f"method.{key}={getattr(self, key)} must lie in [0, 1] (1: a frozen teacher)")
 
 
 class SelfDistillation:
@@ -57,7 +64,7 @@ class SelfDistillation:
         return self.temperature(clock, self.hp.warmup_teacher_temp, self.hp.teacher_temp)
 
     def momentum(self, clock: Clock) -> float:
-        return cosine(clock.step, clock.total_steps, self.hp.momentum, 1.0)
+        return cosine(clock.step, clock.total_steps, self.hp.momentum, self.hp.momentum_end)
 
     def freeze_prototypes(self, prototypes: list[Tensor], clock: Clock) -> None:
         """Freeze the prototypes during the first epoch(s) by dropping their gradients, so the optimizer
