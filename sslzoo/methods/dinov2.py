@@ -60,7 +60,7 @@ class DINOv2(Method):
 
     card = MethodCard(
         family="masked modelling",
-        target="EMA teacher (momentum cosine 0.992 -> 1)",
+        target="EMA teacher (momentum cosine to 1; 0.992 in the paper)",
         predictor="none",
         negatives="none",
         loss="DINO's [CLS] cross-entropy + iBOT's masked-patch cross-entropy (untied heads) + KoLeo",
