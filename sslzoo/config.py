@@ -77,6 +77,7 @@ class OptimConfig:
     lr: float  # base lr, scaled by lr_scaling with the global batch
     lr_scaling: Literal["linear", "sqrt", "none"]  # lr*B/256 | lr*sqrt(B) | lr
     min_lr: float
+    lr_decay: Literal["cosine", "none"]  # after the warm-up: cosine to min_lr | held at the peak
     warmup_epochs: float
     weight_decay: float
     weight_decay_end: float

@@ -95,9 +95,11 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) 
 def apply_schedules(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, clock: Clock, peak_lr: float
 ) -> tuple[float, float]:
-    """Set this step's lr (warm-up + cosine; the peak lr on ``lr_fixed`` groups) and weight decay (cosine)
-    on every group; returns the scheduled lr and weight decay."""
-    lr = warmup_cosine(clock.step, clock.total_steps, clock.steps(cfg.warmup_epochs), peak_lr, cfg.min_lr)
+    """Set this step's lr (warm-up, then a cosine to ``min_lr`` or held at the peak by ``lr_decay``; the
+    peak lr on ``lr_fixed`` groups) and weight decay (cosine) on every group; returns the scheduled lr and
+    weight decay."""
+    end_lr = peak_lr if cfg.lr_decay == "none" else cfg.min_lr
+    lr = warmup_cosine(clock.step, clock.total_steps, clock.steps(cfg.warmup_epochs), peak_lr, end_lr)
     wd = cosine(clock.step, clock.total_steps, cfg.weight_decay, cfg.weight_decay_end)
     for group in optimizer.param_groups:
         # .get: optimizer states saved before lr_scale and lr_fixed existed

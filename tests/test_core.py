@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,23 @@ def test_fixed_lr_keeps_one_submodule_at_the_peak_lr_through_warm_up_and_decay()
         for group in optimizer.param_groups:
             want = 2.0 * peak if group["lr_fixed"] else lr
             assert group["lr"] == pytest.approx(want)
+
+
+@pytest.mark.parametrize("batch", [64, 128, 1024])
+def test_lr_decay_none_holds_the_scaled_peak_after_the_same_warm_up(batch: int):
+    cfg = load_config("dinov2_fmnist", {"optim.min_lr": 1e-6}).optim  # sqrt scaling, 1 warm-up epoch of 10
+    peak = scaled_lr(cfg, batch)
+    model = nn.Linear(4, 2)
+    held, decayed = (replace(cfg, lr_decay=decay) for decay in ("none", "cosine"))
+    lrs = {decay: [] for decay in ("none", "cosine")}
+    for step in (0, 5, 10, 50, 99):
+        clock = Clock(step=step, total_steps=100, steps_per_epoch=10, epochs=10)
+        for optim_cfg in (held, decayed):
+            optimizer = build_optimizer(parameter_groups(model, exclude_bias_norm=True), optim_cfg, torch.device("cpu"))
+            lrs[optim_cfg.lr_decay].append(apply_schedules(optimizer, optim_cfg, clock, peak)[0])
+    assert lrs["none"][:3] == lrs["cosine"][:3] == pytest.approx([0.0, peak / 2, peak])  # the same warm-up
+    assert lrs["none"][3:] == pytest.approx([peak, peak])  # held at this batch's peak, min_lr unused
+    assert lrs["cosine"][3] < peak and lrs["cosine"][4] < 0.01 * peak  # near min_lr by the last step
 
 
 def test_lr_scaling_rules():
