@@ -121,11 +121,13 @@ def load_pretrain(run_dir: Path) -> Pretrain | None:
 
 def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretrain | None:
     """A successful earlier run in ``run_dir`` whose saved config is what ``recipe`` with ``overrides``
-    resolves to now (a recipe edited since the run does not count, even if the command is the same),
-    with every evaluation snapshot that config asks for."""
+    resolves to now (a recipe edited since the run does not count, even if the command is the same; a key
+    added to the code since counts at the value the run trained with, ``sslzoo.config.ADDED``), with every
+    evaluation snapshot that config asks for."""
     import yaml
 
     from sslzoo.cli import attached_callbacks
+    from sslzoo.config import with_added_keys
     from sslzoo.metrics_log import saved_config
     from sslzoo.recipes import load_config
     from sslzoo.rundir import RunDir
@@ -135,7 +137,8 @@ def finished_run(run_dir: Path, recipe: str, overrides: dict[str, Any]) -> Pretr
     if previous is None or not previous.ok or not run.backbone.is_file() or not run.config.is_file():
         return None
     wanted = load_config(recipe, {**overrides, "trainer.out_dir": str(run_dir)})
-    same = run.read_config() == yaml.safe_load(saved_config(wanted, attached_callbacks(wanted)))
+    now = yaml.safe_load(saved_config(wanted, attached_callbacks(wanted)))
+    same = with_added_keys(run.read_config(), now) == now
     return previous if same and snapshots_complete(run_dir, wanted.trainer.snapshot_every) else None
 
 

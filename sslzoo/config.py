@@ -10,6 +10,7 @@ refused in one line. ``sslzoo.recipes`` resolves recipes into a validated config
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -30,6 +31,10 @@ RENAMED = {  # old dotted key -> its name now: one name per concept across metho
     "method.momentum_teacher": "method.momentum",  # DINO, iBOT: the EMA momentum m (cosine to momentum_end)
     "method.momentum_base": "method.momentum",  # BYOL, MoCo v3: the same m
     "method.hidden_dim": "method.proj_hidden_dim",  # DINO, iBOT, SimCLR: the projection head width
+}
+ADDED = {  # dotted key added since runs were first saved -> the value that trains as the code did before it
+    "method.momentum_end": 1.0,  # DINO, iBOT, DINOv2: the teacher momentum's cosine went to 1
+    "optim.lr_decay": "cosine",  # every lr decayed by a half cosine to optim.min_lr
 }
 
 
@@ -168,6 +173,23 @@ def unknown_key_message(key: str, valid: list[str]) -> str:
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{near[0]}'?" if near else ""
     return f"unknown key '{key}'{hint}"
+
+
+def with_added_keys(saved: dict, current: dict) -> dict:
+    """A run's saved config tree with each ``ADDED`` key that it lacks and ``current`` has, at the value the
+    run trained with: a run saved before a key existed then equals today's config of the same training."""
+    tree = copy.deepcopy(saved)
+    for key, before in ADDED.items():
+        *sections, leaf = key.split(".")
+        node, now = tree, current
+        for section in sections:
+            node, now = node.get(section), now.get(section)
+            if not isinstance(node, dict) or not isinstance(now, dict):
+                break
+        else:
+            if leaf in now and leaf not in node:
+                node[leaf] = before
+    return tree
 
 
 def dotted_keys(tree: dict, prefix: str = "") -> list[str]:

@@ -172,6 +172,29 @@ def test_a_run_is_reused_only_with_every_snapshot(results: tuple[Path, dict], tm
     assert common.finished_run(copy, plan.recipe, plan.overrides[0]) is None
 
 
+def saved_before_added_keys(run: Path) -> None:
+    """Make ``run``'s saved config look as if saved before ``optim.lr_decay`` and ``method.momentum_end``."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["optim"]["lr_decay"]
+    config["method"].pop("momentum_end", None)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_run_saved_before_a_key_existed_is_reused_only_where_it_trained_as_now(
+    results: tuple[Path, dict], tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    for method, reused in (("simclr", True), ("dino", False)):
+        # SimCLR's lr still decays by its cosine; dino_fmnist now holds lr and momentum, which older runs did not
+        saved_before_added_keys(copied_run(results[1], method, runs))
+        settings, train, _ = compare.parse([*TINY, f"methods={method}", f"runs={runs}"])
+        plan = compare_plan.plan_runs(settings, train)[0]
+        assert (common.finished_run(runs / method / "seed0", plan.recipe, plan.overrides[0]) is not None) is reused
+    settings, train, _ = compare.parse([*TINY, "methods=simclr", f"runs={runs}", "optim.lr_decay=none"])
+    plan = compare_plan.plan_runs(settings, train)[0]
+    assert common.finished_run(runs / "simclr" / "seed0", plan.recipe, plan.overrides[0]) is None
+
+
 # --------------------------------------------------------------------------- trainer snapshots
 
 STEP_S, SAVE_S = 1.0, 100.0  # on the fake clock: a training step, a save
