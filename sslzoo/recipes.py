@@ -11,6 +11,7 @@ no method and methods may import the config.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sslzoo.config import (
     dotted_keys,
     read_yaml,
     set_dotted,
+    with_added_keys,
 )
 from sslzoo.errors import UserError
 from sslzoo.errors import require as need
@@ -160,6 +162,13 @@ def check_ranges(cfg: RunConfig) -> None:
 def validate_run(tree: dict) -> RunConfig:
     """Validate a resolved tree, its ``method`` section by the registered method's ``Config``."""
     return validate(tree, method_class(method_name(tree)).Config)
+
+
+def validate_saved(tree: dict) -> RunConfig:
+    """Validate the config a run or checkpoint saved, with the keys added to the code since at the values it
+    trained with (``ADDED``)."""
+    method_keys = {f.name: None for f in dataclasses.fields(method_class(method_name(tree)).Config)}
+    return validate_run(with_added_keys(tree, {**read_yaml(DEFAULTS_FILE), "method": method_keys}))
 
 
 def load_config(recipe: str, overrides: dict[str, Any] | None = None) -> RunConfig:

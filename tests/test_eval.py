@@ -17,12 +17,12 @@ import yaml
 from timm.models.vision_transformer import VisionTransformer
 
 from sslzoo.backbones import build_model
-from sslzoo.checkpoint import load_checkpoint
+from sslzoo.checkpoint import atomic_save, load_checkpoint
 from sslzoo.cli import attached_callbacks
 from sslzoo.config import DataConfig
 from sslzoo.errors import UserError
 from sslzoo.eval.__main__ import main as eval_main
-from sslzoo.eval.evaluate import Subject, stored_record, write_record
+from sslzoo.eval.evaluate import Subject, method_from_checkpoint, stored_record, write_record
 from sslzoo.eval.features import ViTProbeFeatures, feature_encoder
 from sslzoo.eval.knn import knn_predict_many, knn_top1
 from sslzoo.eval.linear import linear_probe
@@ -263,6 +263,15 @@ def test_eval_cli_writes_offline_results(tiny_run: Path, capsys: pytest.CaptureF
         assert record["provenance"]["torch_version"] == torch.__version__
         assert "git_commit" in record["provenance"] and record["provenance"]["hardware"]["cpu_cores"]
         assert record["run_config"] == yaml.safe_load((tiny_run / "config.yaml").read_text())
+
+
+def test_a_checkpoint_saved_before_a_key_existed_loads_as_it_trained(tiny_run: Path, tmp_path: Path) -> None:
+    state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
+    assert (state["config"]["optim"]["lr_decay"], state["config"]["method"]["momentum_end"]) == ("none", 0.99)
+    del state["config"]["optim"]["lr_decay"], state["config"]["method"]["momentum_end"]
+    atomic_save(state, tmp_path / "old.pt")
+    _, cfg, _ = method_from_checkpoint(tmp_path / "old.pt")
+    assert (cfg.optim.lr_decay, cfg.method.momentum_end) == ("cosine", 1.0)  # how runs trained before the keys
 
 
 def test_eval_cli_checkpoint_evaluates_the_same_backbone(tiny_run: Path, tmp_path: Path) -> None:

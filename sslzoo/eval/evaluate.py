@@ -30,7 +30,7 @@ from sslzoo.eval.linear import linear_probe, linear_probe_augmented
 from sslzoo.eval.protocol import Protocol, to_dict
 from sslzoo.methods import Method
 from sslzoo.provenance import provenance
-from sslzoo.recipes import validate_run
+from sslzoo.recipes import validate_saved
 from sslzoo.rundir import RunDir
 from sslzoo.weights import TIMM_PREFIX, is_sslzoo_checkpoint, load_weights, read
 
@@ -68,7 +68,7 @@ def method_from_checkpoint(path: Path) -> tuple[Method, RunConfig, dict]:
     """The whole method of a training checkpoint (backbones, heads, decoder), its config and the checkpoint."""
     state = load_checkpoint(path)
     tree = {**state["config"], "resume": "none"}  # resume paths of the original run need not exist here
-    cfg = validate_run(tree)
+    cfg = validate_saved(tree)
     method = build_method(cfg)
     method.load_state_dict(state["model"])
     return method, cfg, state
