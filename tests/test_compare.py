@@ -186,10 +186,12 @@ def test_a_run_saved_before_a_key_existed_is_reused_only_where_it_trained_as_now
     runs = tmp_path / "runs"
     for method, reused in (("simclr", True), ("dino", False)):
         # SimCLR's lr still decays by its cosine; dino_fmnist now holds lr and momentum, which older runs did not
-        saved_before_added_keys(copied_run(results[1], method, runs))
+        run = copied_run(results[1], method, runs)
         settings, train, _ = compare.parse([*TINY, f"methods={method}", f"runs={runs}"])
         plan = compare_plan.plan_runs(settings, train)[0]
-        assert (common.finished_run(runs / method / "seed0", plan.recipe, plan.overrides[0]) is not None) is reused
+        assert common.finished_run(run, plan.recipe, plan.overrides[0]) is not None  # as saved today
+        saved_before_added_keys(run)
+        assert (common.finished_run(run, plan.recipe, plan.overrides[0]) is not None) is reused
     settings, train, _ = compare.parse([*TINY, "methods=simclr", f"runs={runs}", "optim.lr_decay=none"])
     plan = compare_plan.plan_runs(settings, train)[0]
     assert common.finished_run(runs / "simclr" / "seed0", plan.recipe, plan.overrides[0]) is None
