@@ -10,7 +10,8 @@ folder ``results.json``, ``results.md``, ``results.png`` (bars),
 method's offline kNN on a fixed subset at each ``1/curve_points`` of the budget
 (from snapshots of its evaluated backbone) against its training minutes, over the
 raw-pixel and random-init lines. Every file records the git commit, each run's
-full config, the seeds, the torch version and the hardware.
+full config, the seeds, the torch version and the hardware. ``merge=DIR,DIR``
+instead merges earlier results folders into one (``compare_merge.py``).
 Defaults and every option: ``benchmarks/compare.yaml``.
 """
 
@@ -22,13 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare_results  # noqa: E402
+from compare_merge import merge  # noqa: E402
 from compare_plan import SETTINGS_FILE, Settings, plan_runs, split_overrides  # noqa: E402
 from compare_plots import write_figures  # noqa: E402
 from compare_report import markdown  # noqa: E402
 from compare_run import compare  # noqa: E402
 
 from sslzoo.arguments import asks_for_help, parse_overrides  # noqa: E402
-from sslzoo.errors import cli_entry  # noqa: E402
+from sslzoo.errors import UserError, cli_entry  # noqa: E402
 from sslzoo.eval.protocol import load_protocol  # noqa: E402
 
 REPORT_FILE = "results.md"
@@ -53,13 +55,19 @@ def main(argv: list[str]) -> int:
         print(SETTINGS_FILE.read_text())
         return 0
     settings, train_overrides, eval_overrides = parse(argv)
-    protocol = load_protocol(eval_overrides)
-    plans = plan_runs(settings, train_overrides)
     out = Path(settings.out)
     if not out.is_absolute():
         out = Path.cwd() / out
-    print(f"comparing {', '.join(p.method for p in plans)} on seeds {settings.seeds}; results -> {out}", flush=True)
-    results = compare(settings, plans, protocol, train_overrides, argv)
+    if settings.merge is not None:
+        if train_overrides or eval_overrides:
+            given = ", ".join([*train_overrides, *(f"eval.{key}" for key in eval_overrides)])
+            raise UserError(f"merge= trains and evaluates nothing: drop {given} (each run's config is its own)")
+        results = merge([Path(folder) for folder in settings.merge], Path(settings.out), argv)
+    else:
+        protocol = load_protocol(eval_overrides)
+        plans = plan_runs(settings, train_overrides)
+        print(f"comparing {', '.join(p.method for p in plans)} on seeds {settings.seeds}; results -> {out}", flush=True)
+        results = compare(settings, plans, protocol, train_overrides, argv)
     written = write_results(results, out)
     print((out / REPORT_FILE).read_text().split("## Provenance")[0].rstrip())
     print(f"\nwrote {out}/{', '.join(written)}")

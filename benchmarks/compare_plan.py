@@ -48,6 +48,7 @@ class Settings:
     reuse: bool
     out: str
     runs: str
+    merge: list[str] | None
 
 
 @dataclass
@@ -84,7 +85,7 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[Settings, dict[str, Any]
     for key, setting in BUDGET_KEYS.items():
         if key in train_overrides:
             raise UserError(f"set {key} for every method with {setting}=, not {key}=")
-    for key in ("methods", "recipes", "seeds"):
+    for key in ("methods", "recipes", "seeds", "merge"):
         tree[key] = as_list(tree[key])
     if tree["methods"] == ["all"]:
         tree["methods"] = METHODS.names()

@@ -172,8 +172,30 @@ def provenance_markdown(results: dict) -> list[str]:
         f"GPUs: {', '.join(hw['gpus']) or 'none'}",
         f"- created: {prov['created']}; seeds: {', '.join(map(str, seeds))}",
         f"- command: `python benchmarks/compare.py {' '.join(results['argv'])}`",
+        *merged_markdown(results),
         "",
     ]
+
+
+def merged_markdown(results: dict) -> list[str]:
+    """For a merge of several results files (``compare_merge.py``): each one's command, commit and runs."""
+    lines = []
+    sources = results.get("merged_from", [])
+    machines = sorted({source["provenance"]["hardware"]["cpu"] for source in sources})
+    if len(machines) > 1:
+        lines.append(
+            f"- **the merged runs ran on different CPUs** ({', '.join(machines)}): their minutes and images/s "
+            "are each machine's, not comparable across sources"
+        )
+    for source in sources:
+        prov = source["provenance"]
+        dirty = " (uncommitted changes)" if prov["git_dirty"] else ""
+        lines.append(
+            f"- merged from `{source['folder']}`: commit `{prov['git_commit']}`{dirty}, created {prov['created']}, "
+            f"command `python benchmarks/compare.py {' '.join(source['argv'])}`, "
+            f"{source['total_wall_s'] / 60:.0f} min; runs: {', '.join(source['runs'])}"
+        )
+    return lines
 
 
 def details(summary: str, data: dict) -> list[str]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from _common import Pretrain, crops, mean_std
 from compare_plan import Plan
 
+from sslzoo.errors import UserError
 from sslzoo.methods import method_class
 
 if TYPE_CHECKING:
@@ -90,10 +91,11 @@ def add_subset_knn(entry: dict, knn_top1: float) -> None:
 
 
 def start_curves_at_random_init(runs: list[dict]) -> None:
-    """Every method's curve starts at step 0, 0 minutes, at the random-init backbone of its seed (the baseline)."""
+    """Every method's curve starts at step 0, 0 minutes, at the random-init backbone of its seed (the baseline);
+    a curve that starts there already is left as it is (a merge of runs of which some had the baseline)."""
     floors = {e["seed"]: e["subset_knn_top1"] for e in runs if e["name"] == "random_init"}
     for entry in runs:
-        if "curve" in entry and entry["seed"] in floors:
+        if "curve" in entry and entry["seed"] in floors and entry["curve"][0]["step"] != 0:
             entry["curve"].insert(0, curve_point(0, 0.0, floors[entry["seed"]]))
 
 
@@ -197,9 +199,11 @@ def document(
     train_overrides: dict[str, Any],
     provenance: dict,
     total_wall_s: float,
+    merged_from: list[dict] | None = None,
 ) -> dict:
-    """The whole results file."""
+    """The whole results file; ``merged_from``, for a merge of several (``merge_source``), says whence each run."""
     return {
+        **({"merged_from": merged_from} if merged_from is not None else {}),
         "schema": SCHEMA,
         "argv": argv,
         "dataset": cfg.data.name,
@@ -212,6 +216,23 @@ def document(
         "rows": rows,
         "runs": runs,
     }
+
+
+def merge_source(folder: str, document: dict, runs: list[str]) -> dict:
+    """One results file a merge read: its command, provenance and time, and the runs taken from it."""
+    keys = ("argv", "train_overrides", "provenance", "total_wall_s")
+    return {"folder": folder, **{key: document[key] for key in keys}, "runs": runs}
+
+
+def read(folder: Path) -> dict:
+    """A results file written by ``write``; a folder without one, or of another schema, is one line of error."""
+    path = folder / RESULTS_FILE
+    if not path.is_file():
+        raise UserError(f"{folder} holds no {RESULTS_FILE}: give the out= folder of a finished compare.py")
+    document = json.loads(path.read_text())
+    if document.get("schema") != SCHEMA:
+        raise UserError(f"{path} is of schema {document.get('schema')!r}, not {SCHEMA!r}: run that comparison again")
+    return document
 
 
 def write(results: dict, out: Path) -> None:

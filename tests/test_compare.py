@@ -4,12 +4,14 @@ trainer's evaluation snapshots its kNN-against-minutes curves come from."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +37,7 @@ import _common as common  # noqa: E402
 import compare  # noqa: E402
 import compare_plan  # noqa: E402
 import compare_report  # noqa: E402
+import compare_results  # noqa: E402
 from compare_results import FINETUNE_KEY, KNN_KEY, LINEAR_KEY, SCHEMA, lowshot_row  # noqa: E402
 
 TINY = [
@@ -172,27 +175,35 @@ def test_a_run_is_reused_only_with_every_snapshot(results: tuple[Path, dict], tm
     assert common.finished_run(copy, plan.recipe, plan.overrides[0]) is None
 
 
-def saved_before_added_keys(run: Path) -> None:
-    """Make ``run``'s saved config look as if saved before ``optim.lr_decay`` and ``method.momentum_end``."""
+def edit_saved_config(run: Path, edit: Callable[[dict], object]) -> None:
     config = yaml.safe_load((run / "config.yaml").read_text())
+    edit(config)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def saved_before_added_keys(config: dict) -> None:
+    """``config`` as if saved before ``optim.lr_decay`` and ``method.momentum_end`` existed."""
     del config["optim"]["lr_decay"]
     config["method"].pop("momentum_end", None)
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 def test_a_run_saved_before_a_key_existed_is_reused_only_where_it_trained_as_now(
     results: tuple[Path, dict], tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    for method, reused in (("simclr", True), ("dino", False)):
-        # SimCLR's lr still decays by its cosine; dino_fmnist now holds lr and momentum, which older runs did not
+    # a SimCLR run whose lr decayed by its cosine, what a config without the key trained with, asked for as such;
+    # dino_fmnist holds lr and momentum, which runs saved before the keys did not
+    for method, cosine in (("simclr", True), ("dino", False)):
         run = copied_run(results[1], method, runs)
-        settings, train, _ = compare.parse([*TINY, f"methods={method}", f"runs={runs}"])
+        extra = ["optim.lr_decay=cosine"] if cosine else []
+        if cosine:
+            edit_saved_config(run, lambda config: config["optim"].update(lr_decay="cosine"))
+        settings, train, _ = compare.parse([*TINY, f"methods={method}", f"runs={runs}", *extra])
         plan = compare_plan.plan_runs(settings, train)[0]
         assert common.finished_run(run, plan.recipe, plan.overrides[0]) is not None  # as saved today
-        saved_before_added_keys(run)
-        assert (common.finished_run(run, plan.recipe, plan.overrides[0]) is not None) is reused
-    settings, train, _ = compare.parse([*TINY, "methods=simclr", f"runs={runs}", "optim.lr_decay=none"])
+        edit_saved_config(run, saved_before_added_keys)
+        assert (common.finished_run(run, plan.recipe, plan.overrides[0]) is not None) is cosine
+    settings, train, _ = compare.parse([*TINY, "methods=simclr", f"runs={runs}"])  # simclr_fmnist holds its lr
     plan = compare_plan.plan_runs(settings, train)[0]
     assert common.finished_run(runs / "simclr" / "seed0", plan.recipe, plan.overrides[0]) is None
 
@@ -376,6 +387,83 @@ def test_finetune_of_reused_runs_writes_the_table(results: tuple[Path, dict], tm
         assert run["finetune"]["kept"] is kept and run["finetune"]["steps"] == budget
         assert (RunDir(copy).eval_record("finetune").stat().st_mtime_ns == written) is kept
         assert ("Kept from the reused runs" in (out / "results.md").read_text()) is kept
+
+
+def as_seed(data: dict, seed: int, shift: float) -> dict:
+    """The fixture's results as if run on ``seed``, every accuracy ``shift`` higher."""
+    other = copy.deepcopy(data)
+    for entry in other["runs"]:
+        entry["seed"] = seed
+        if "config" in entry:
+            entry["config"]["seed"] = seed
+            entry["config"]["trainer"]["out_dir"] = f"runs/{entry['name']}/seed{seed}"
+        entry["knn"]["knn_top1"] = {k: v + shift for k, v in entry["knn"]["knn_top1"].items()}
+        entry["linear"]["linear_top1"] += shift
+    other["settings"]["seeds"] = [seed]
+    return other
+
+
+def merged(folders: list[Path], out: Path, capsys: pytest.CaptureFixture) -> tuple[int, dict | None, str]:
+    """(exit status, the merged results or None, stderr) of ``compare.py merge=...``."""
+    try:
+        status = compare.main([f"merge={','.join(map(str, folders))}", f"out={out}"])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    written = out / compare_results.RESULTS_FILE
+    return status, json.loads(written.read_text()) if status == 0 else None, capsys.readouterr().err
+
+
+def test_merge_summarises_seeds_run_apart_as_one_comparison(
+    results: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _, data = results
+    seed0, seed1, simclr = tmp_path / "seed0", tmp_path / "seed1", tmp_path / "simclr_again"
+    compare_results.write(data, seed0)
+    moved = as_seed(data, 1, 0.1)
+    moved["provenance"]["hardware"]["cpu"] = "another CPU"
+    compare_results.write(moved, seed1)
+    again = as_seed(data, 1, 0.2)
+    again["runs"] = [e for e in again["runs"] if e["name"] == "simclr"]
+    compare_results.write(again, simclr)
+
+    status, out, _ = merged([seed0, seed1, simclr], tmp_path / "merged", capsys)
+    assert status == 0 and out["settings"]["seeds"] == [0, 1]
+    rows = {r["name"]: r for r in out["rows"]}
+    assert list(rows) == [*METHODS.names(), "raw_pixels", "random_init"]
+    for name, row in rows.items():
+        first = next(e for e in data["runs"] if e["name"] == name)["linear"]["linear_top1"]
+        if name == "raw_pixels":  # evaluated once, at the first seed, as compare.py does
+            assert row[LINEAR_KEY]["n"] == 1 and row[LINEAR_KEY]["mean"] == pytest.approx(first)
+            continue
+        shift = 0.2 if name == "simclr" else 0.1  # the later folder's run of the same seed replaces the earlier
+        assert row[LINEAR_KEY]["n"] == 2 and row[LINEAR_KEY]["mean"] == pytest.approx(first + shift / 2)
+        assert row[KNN_KEY]["std"] == pytest.approx(statistics.stdev([0.0, shift]))
+    assert [s["folder"] for s in out["merged_from"]] == [str(seed0), str(seed1), str(simclr)]
+    assert out["merged_from"][2]["runs"] == ["simclr seed 1"]
+    assert "simclr seed 1" not in out["merged_from"][1]["runs"]
+    report = (tmp_path / "merged" / "results.md").read_text()
+    assert f"merged from `{seed1}`" in report and "ran on different CPUs" in report
+
+    # seeds of another recipe, or another budget, are not one comparison: refused in one line
+    lr = as_seed(data, 2, 0.0)
+    next(e for e in lr["runs"] if e["name"] == "dino")["config"]["optim"]["lr"] *= 2
+    steps = as_seed(data, 2, 0.0)
+    steps["settings"]["steps"] += 1
+    probe = as_seed(data, 2, 0.0)
+    probe["protocol"]["linear"]["epochs"] += 1
+    refusals = (
+        (lr, ("dino's seeds 0 ", "differ in optim.lr")),
+        (steps, ("their steps differs",)),
+        (probe, ("their evaluation protocol differs ({'linear.epochs': 2}",)),
+    )
+    for bad, messages in refusals:
+        compare_results.write(bad, tmp_path / "bad")
+        status, out, err = merged([seed0, tmp_path / "bad"], tmp_path / "refused", capsys)
+        assert status == 2 and out is None and not (tmp_path / "refused").exists()
+        assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+        assert all(message in err for message in messages)
+    status, _, err = merged([seed0, tmp_path / "nothing"], tmp_path / "refused", capsys)
+    assert status == 2 and "holds no results.json" in err
 
 
 def test_mean_and_sample_std_over_seeds() -> None:
