@@ -76,7 +76,7 @@ def test_without_predictor_p_is_z(tiny_config):
 
 
 def test_the_predictor_keeps_the_peak_lr_while_the_rest_decays(tiny_config):
-    cfg = tiny_config("simsiam_fmnist", **SMALL)
+    cfg = tiny_config("simsiam_fmnist", **SMALL, **{"optim.lr_decay": "cosine"})  # main_simsiam.py's cosine
     method = build_method(cfg)
     assert method.fixed_lr() == ("h",)
     groups = parameter_groups(method, cfg.optim.exclude_bias_norm, method.lr_scales(), method.fixed_lr())
