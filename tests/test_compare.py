@@ -421,6 +421,9 @@ def test_merge_summarises_seeds_run_apart_as_one_comparison(
     compare_results.write(data, seed0)
     moved = as_seed(data, 1, 0.1)
     moved["provenance"]["hardware"]["cpu"] = "another CPU"
+    for entry in moved["runs"]:  # curves as a folder without the random init writes them (baselines=false)
+        if "curve" in entry:
+            entry["curve"] = entry["curve"][1:]
     compare_results.write(moved, seed1)
     again = as_seed(data, 1, 0.2)
     again["runs"] = [e for e in again["runs"] if e["name"] == "simclr"]
@@ -438,6 +441,9 @@ def test_merge_summarises_seeds_run_apart_as_one_comparison(
         shift = 0.2 if name == "simclr" else 0.1  # the later folder's run of the same seed replaces the earlier
         assert row[LINEAR_KEY]["n"] == 2 and row[LINEAR_KEY]["mean"] == pytest.approx(first + shift / 2)
         assert row[KNN_KEY]["std"] == pytest.approx(statistics.stdev([0.0, shift]))
+    for row in out["rows"]:  # every seed's curve starts at its random init, whichever folder evaluated it
+        if row["kind"] == "method":
+            assert [p["step"] for p in row["curve"]] == CURVE_STEPS and row["curve"][0]["knn_top1"]["n"] == 2
     assert [s["folder"] for s in out["merged_from"]] == [str(seed0), str(seed1), str(simclr)]
     assert out["merged_from"][2]["runs"] == ["simclr seed 1"]
     assert "simclr seed 1" not in out["merged_from"][1]["runs"]
