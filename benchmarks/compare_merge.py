@@ -19,7 +19,7 @@ from typing import Any
 import compare_results as results
 from compare_plan import SETTINGS_FILE, Plan, Settings
 
-from sslzoo.config import read_yaml
+from sslzoo.config import read_yaml, with_added_keys
 from sslzoo.errors import UserError
 from sslzoo.provenance import provenance
 from sslzoo.recipes import validate_saved
@@ -87,10 +87,14 @@ def plans_of(runs: list[dict], source: dict[tuple[str, int], str]) -> list[Plan]
         if "config" not in entry:
             continue
         name, seed = entry["name"], entry["seed"]
-        config = {k: v for k, v in flatten(entry["config"]).items() if k not in PER_RUN_KEYS}
         if name not in plans:
-            plans[name], reference[name] = Plan(name, entry["recipe"], {}, {}), (config, seed)
-        first, first_seed = reference[name]
+            plans[name], reference[name] = Plan(name, entry["recipe"], {}, {}), (entry["config"], seed)
+        tree, first_seed = reference[name]
+        # a seed saved before a key was added counts at the value it trained with (sslzoo.config.ADDED)
+        first, config = (
+            {k: v for k, v in flatten(with_added_keys(saved, other)).items() if k not in PER_RUN_KEYS}
+            for saved, other in ((tree, entry["config"]), (entry["config"], tree))
+        )
         differ = sorted(k for k in first.keys() | config.keys() if first.get(k) != config.get(k))
         if differ:
             raise UserError(
