@@ -70,7 +70,8 @@ EVAL_DEFAULTS = {"train_limit": 10000, "test_limit": 5000, "knn.ks": [20]}
 LOG_EVERY = 5
 
 # Step budgets, sized for the whole default set to fit under an hour on 2 cores (all five groups, 17 runs,
-# 21.6 minutes measured in one go with the deep-stem recipes, evaluation included: benchmarks/results/ablations).
+# 13.4 minutes measured in one go on the 2-core Intel Xeon sandbox, 21.6 on the 2-core AMD EPYC one, evaluation
+# included: benchmarks/results/ablations and README).
 # Both DINO collapses show within the first hundred steps (entropy and KL curves); the batch sweep
 # keeps the number of images seen fixed: steps x batch = BATCH_STEPS x BATCH_SIZES[0].
 DINO_STEPS = 120
