@@ -239,7 +239,9 @@ def data_info(cfg: DataConfig) -> DataInfo:
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return (seed * 1_000_003 + epoch) * 100_000_007 + index
+    """The seed of one view, folded into the 64 bits ``torch.Generator.manual_seed`` takes: no seed that
+    worked before changes (their values were under 2**64); from seed ~184,466 on the product overflowed."""
+    return ((seed * 1_000_003 + epoch) * 100_000_007 + index) % 2**64
 
 
 class SeededViews(Dataset):

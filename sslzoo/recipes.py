@@ -116,7 +116,11 @@ def validate(tree: dict, method_schema: type) -> RunConfig:
     return config
 
 
+SEED_LIMIT = 2**32  # seeds in [0, 2**32): numpy's range, and far inside torch's 64 bits for seed + rank or + epoch
+
+
 def check_ranges(cfg: RunConfig) -> None:
+    need(0 <= cfg.seed < SEED_LIMIT, f"seed={cfg.seed} must be an integer in [0, {SEED_LIMIT - 1}]")
     need(cfg.data.batch_size > 0, "data.batch_size must be a positive integer")
     need(cfg.data.num_workers >= 0, "data.num_workers must be 0 or more")
     need(cfg.trainer.epochs > 0, "trainer.epochs must be a positive integer")

@@ -49,6 +49,8 @@ def test_resolved_config_round_trips(tmp_path):
         ("dino_fmnist", {"data.batch_size": 0}, "data.batch_size must be a positive integer"),
         ("dino_fmnist", {"trainer.precision": "fp8"}, "choose one of fp32, bf16, fp16"),
         ("dino_fmnist", {"method.name": "dinov7"}, "unknown method 'dinov7'"),
+        ("dino_fmnist", {"seed": -1}, "seed=-1 must be an integer in .0, 4294967295."),
+        ("dino_fmnist", {"seed": 2**32}, "seed=4294967296 must be an integer in .0, 4294967295."),
     ],
 )
 def test_user_errors_name_the_problem(recipe, overrides, message):

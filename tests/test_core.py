@@ -14,11 +14,11 @@ from torch import nn
 
 from sslzoo.augment import MultiCrop, crop_specs
 from sslzoo.backbones import create_backbone
-from sslzoo.data import ResumableSampler
+from sslzoo.data import ResumableSampler, sample_seed
 from sslzoo.heads import dino_head, mlp_head
 from sslzoo.multicrop import backbone_features
 from sslzoo.optim import apply_schedules, build_optimizer, clip_gradients, parameter_groups, scaled_lr
-from sslzoo.recipes import load_config
+from sslzoo.recipes import SEED_LIMIT, load_config
 from sslzoo.schedules import Clock, cosine, linear_warmup, warmup_cosine
 
 # --------------------------------------------------------------------------- schedules
@@ -230,6 +230,19 @@ def test_sampler_shards_cover_the_global_batch():
     first_global = {i for i, _ in list(single)[:8]}
     first_sharded = {i for s in ranks for i, _ in list(s)[:4]}
     assert first_global == first_sharded
+
+
+def test_every_valid_seed_draws_views():
+    """A view's seed stays a 64-bit generator seed up to the largest run seed (it overflowed from ~184,466),
+    and the seeds of small runs are the ones they always were."""
+    largest = SEED_LIMIT - 1
+    sampler = ResumableSampler(size=10, batch_size=2, seed=largest)
+    sampler.set_position(epoch=7)
+    seeds = [seed for _, seed in sampler]
+    assert len(set(seeds)) == 10
+    for seed in seeds:
+        torch.Generator().manual_seed(seed)
+    assert sample_seed(3, 2, 5) == (3 * 1_000_003 + 2) * 100_000_007 + 5
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM is read from Linux's /proc")
