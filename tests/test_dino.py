@@ -124,8 +124,14 @@ def test_bn_in_head_normalises_the_hidden_layers_of_student_and_teacher(tiny_con
 
 
 def test_last_layer_is_frozen_during_the_first_epoch(tiny_config):
-    cfg = tiny_config(
-        "dino_fmnist", **{"method.out_dim": 64, "method.proj_hidden_dim": 32, "method.bottleneck_dim": 16}
+    cfg = tiny_config(  # main_dino.py's one epoch (dino_fmnist freezes none)
+        "dino_fmnist",
+        **{
+            "method.out_dim": 64,
+            "method.proj_hidden_dim": 32,
+            "method.bottleneck_dim": 16,
+            "method.freeze_last_layer_epochs": 1,
+        },
     )
     method = build_method(cfg)
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)]
