@@ -190,10 +190,11 @@ def merged_markdown(results: dict) -> list[str]:
     for source in sources:
         prov = source["provenance"]
         dirty = " (uncommitted changes)" if prov["git_dirty"] else ""
+        taken = ", ".join(source["runs"]) or "none (later folders replaced them)"
         lines.append(
             f"- merged from `{source['folder']}`: commit `{prov['git_commit']}`{dirty}, created {prov['created']}, "
             f"command `python benchmarks/compare.py {' '.join(source['argv'])}`, "
-            f"{source['total_wall_s'] / 60:.0f} min; runs: {', '.join(source['runs'])}"
+            f"{source['total_wall_s'] / 60:.0f} min; runs: {taken}"
         )
     return lines
 

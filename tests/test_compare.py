@@ -452,6 +452,10 @@ def test_merge_summarises_seeds_run_apart_as_one_comparison(
     assert "simclr seed 1" not in out["merged_from"][1]["runs"]
     report = (tmp_path / "merged" / "results.md").read_text()
     assert f"merged from `{seed1}`" in report and "ran on different CPUs" in report
+    compare_results.write(again, tmp_path / "simclr_once_more")  # replaces every run of the folder before it
+    status, out, _ = merged([simclr, tmp_path / "simclr_once_more"], tmp_path / "replaced", capsys)
+    assert status == 0 and out["merged_from"][0]["runs"] == []
+    assert "runs: none (later folders replaced them)" in (tmp_path / "replaced" / "results.md").read_text()
 
     # seeds of another recipe, or another budget, are not one comparison: refused in one line
     lr = as_seed(data, 2, 0.0)
