@@ -13,6 +13,14 @@ import torch
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import nn
 
+from sslzoo.errors import UserError
+
+
+def check_momentum(key: str, momentum: float) -> None:
+    """Refuse, in one line, an EMA momentum ``method.{key}`` outside [0, 1]."""
+    if not 0 <= momentum <= 1:
+        raise UserError(f"method.{key}={momentum} must lie in [0, 1] (1: a frozen target)")
+
 
 class EMATarget(nn.Module):
     """A gradient-free copy of ``online`` that follows it by momentum updates.

@@ -13,6 +13,7 @@ from torch import nn
 
 from sslzoo.backbones import build_model
 from sslzoo.build import build_method, check_method
+from sslzoo.errors import UserError
 from sslzoo.optim import parameter_groups
 from sslzoo.schedules import Clock
 from sslzoo.trainer import Trainer
@@ -171,3 +172,11 @@ def test_few_steps_on_fashion_mnist(tiny_config, recipe):
     for key, value in method.eval_backbone().model.state_dict().items():
         assert torch.equal(state[key], value), key  # the online encoder is the one evaluated
     assert method.eval_backbone() is method.online.backbone
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("momentum", [-0.1, 1.5])
+def test_a_target_momentum_outside_0_1_is_refused_in_one_line(tiny_config, recipe, momentum):
+    cfg = tiny_config(recipe, **{"method.momentum": momentum})
+    with pytest.raises(UserError, match=rf"method\.momentum={momentum} must lie in \[0, 1\]"):
+        check_method(cfg)

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from sslzoo.errors import UserError
 from sslzoo.losses.dino import TeacherCentre
 from sslzoo.schedules import Clock, cosine, linear_warmup
-from sslzoo.target import EMATarget
+from sslzoo.target import EMATarget, check_momentum
 
 
 @dataclass
@@ -40,9 +39,8 @@ class DistillationConfig:
     freeze_last_layer_epochs: float
 
     def __post_init__(self) -> None:
-        for key in ("momentum", "momentum_end"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise UserError(f"method.{key}={getattr(self, key)} must lie in [0, 1] (1: a frozen teacher)")
+        check_momentum("momentum", self.momentum)
+        check_momentum("momentum_end", self.momentum_end)
 
 
 class SelfDistillation:

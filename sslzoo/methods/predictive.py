@@ -29,7 +29,7 @@ from sslzoo.heads import mlp_head
 from sslzoo.methods.base import Method, MethodSetup, StepOutput
 from sslzoo.multicrop import Encoder
 from sslzoo.schedules import Clock, cosine
-from sslzoo.target import EMATarget
+from sslzoo.target import EMATarget, check_momentum
 
 
 class PredictiveSiamese(Method):
@@ -63,8 +63,7 @@ class PredictiveSiamese(Method):
     def check_setup(cls, setup: MethodSetup) -> None:
         super().check_setup(setup)
         hp = setup.hp
-        if not 0 <= hp.momentum <= 1:
-            raise UserError(f"method.momentum={hp.momentum} must lie in [0, 1]")
+        check_momentum("momentum", hp.momentum)
         if hp.pred_lr_scale <= 0:
             raise UserError(f"method.pred_lr_scale={hp.pred_lr_scale} must be positive (1: the scheduled lr)")
         if hp.proj_layers < 1:
