@@ -129,7 +129,8 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def peak_memory_mib(device: torch.device, baseline: int) -> float:
-    """Peak GPU memory allocated since the last reset, above ``baseline`` bytes; on CPU the process's peak RSS."""
+    """Peak GPU memory allocated since the last reset, above ``baseline`` bytes; on CPU the process's peak RSS,
+    a high-water mark that no reset lowers: with several methods it covers every method measured before."""
     if device.type == "cuda":
         return (torch.cuda.max_memory_allocated(device) - baseline) / MIB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -260,7 +261,7 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
         "model_step_s_median": model_step,
         "model_images_per_s": batch / model_step,
         "peak_memory_mib": memory,
-        "memory_kind": "max CUDA memory allocated" if device.type == "cuda" else "process peak RSS",
+        "memory_kind": "max CUDA memory allocated" if device.type == "cuda" else "process peak RSS so far",
         "setup_s": setup_s,
     }
     if reference is not None:
@@ -354,7 +355,11 @@ def write_results(records: list[dict[str, Any]], out: Path, append: bool) -> lis
         records = json.loads(out.read_text()) + records
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=2) + "\n")
-    memory = "peak MiB: max CUDA memory allocated on GPUs, process peak RSS on CPUs"
+    memory = (
+        "peak MiB: max CUDA memory allocated on GPUs; on CPUs the process's peak RSS so far, which with "
+        "several methods in one command includes the methods measured before (one method per command "
+        "gives each its own)"
+    )
     out.with_suffix(".md").write_text(
         f"# Training throughput\n\nWritten by `python benchmarks/throughput.py` ({out.name}); "
         f"images/s count source images per second; {memory}.\n\n{table(records)}\n"
