@@ -213,7 +213,8 @@ def test_centres_move_once_per_optimizer_step(tiny_config):
 
 def test_separate_patch_prototypes_and_their_freezing(tiny_config):
     torch.manual_seed(6)
-    method = make_ibot(tiny_config, **{"method.shared_head": False})
+    # main_ibot.py's one epoch (ibot_fmnist freezes none)
+    method = make_ibot(tiny_config, **{"method.shared_head": False, "method.freeze_last_layer_epochs": 1})
     head = method.student.head
     assert head.patch_layer is not None
     assert method.teacher.net.head.patch_layer is not None
