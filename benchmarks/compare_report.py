@@ -124,8 +124,9 @@ def main_table(results: dict) -> list[str]:
         f"Budget, identical for every method: {s['steps']} optimizer steps, batch {s['batch_size']}, backbone "
         f"`{s['backbone']}`, local crops {s['local_crops']} where the method has them; {spread}.",
         "",
-        f"| method | family | target policy | crops | kNN@{k} (offline) | linear top-1 (offline) | pre-train wall time "
-        f"(min) | images/s | peak memory (GB, {'/'.join(sorted(memory_kinds)) or 'n/a'}) |",
+        "| method | family | target policy (the paper's; each run's schedules are in its config below) | crops "
+        f"| kNN@{k} (offline) | linear top-1 (offline) | pre-train wall time (min) | images/s "
+        f"| peak memory (GB, {'/'.join(sorted(memory_kinds)) or 'n/a'}) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
