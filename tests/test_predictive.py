@@ -89,7 +89,7 @@ def test_each_prediction_meets_the_other_views_target(tiny_config, recipe):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_momentum_follows_the_cosine_schedule(tiny_config, recipe):
     """tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2 (BYOL §3.2), or constant without the cosine."""
-    method = build(tiny_config, recipe, **{"method.momentum": 0.9})
+    method = build(tiny_config, recipe, **{"method.momentum": 0.9, "method.momentum_cosine": True})
     total = 40
     for k in (0, 7, 20, 33, 40):
         want = 1 - (1 - 0.9) * (math.cos(math.pi * k / total) + 1) / 2
