@@ -59,6 +59,7 @@ from sslzoo.errors import UserError, cli_entry
 from sslzoo.methods import METHODS
 from sslzoo.provenance import cpu_model, provenance
 from sslzoo.recipes import load_config
+from sslzoo.runtime import precision_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHORTHANDS = {
@@ -249,7 +250,7 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
         "backbone": cfg.model.backbone,
         "crops": crops(cfg),
         "batch_per_device": batch,
-        "precision": cfg.trainer.precision,
+        "precision": precision_name(trainer.dtype),  # what trainer.precision=auto resolved to
         "compile": cfg.trainer.compile,
         "photometric": cfg.augment.photometric,
         "data": cfg.data.name,

@@ -100,7 +100,7 @@ class TrainerConfig:
     max_steps: int | None  # overrides epochs; schedules follow the shortened run
     out_dir: str
     device: Literal["auto", "cpu", "cuda"]
-    precision: Literal["fp32", "bf16", "fp16"]
+    precision: Literal["fp32", "bf16", "fp16", "auto"]  # auto: bf16 where the device computes it natively
     checkpoint_every: int  # optimizer steps
     snapshot_every: int  # keep the evaluated backbone every N steps in snapshots/, with the training time; 0: off
     log_every: int

@@ -53,6 +53,7 @@ def hardware() -> dict:
     )
     return {
         "cpu": cpu_model(),
+        "cpu_amx": torch.cpu._is_amx_tile_supported(),  # where trainer.precision=auto runs bf16 (runtime.native_bf16)
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -61,12 +61,30 @@ def resolve_device(choice: str, ddp: Distributed) -> torch.device:
     return torch.device("cuda", ddp.local_rank)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 in hardware: an Ampere or newer GPU, or a CPU with AMX tiles
+    (Intel Xeon from Sapphire Rapids on). On the 2-core AMX sandbox bf16 autocast ran DINO's Fashion-MNIST
+    step 1.4 times as fast as fp32 (README, "Mixed precision on CPUs"); CPUs without AMX are not measured
+    and keep fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
+
+
 def precision_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``trainer.precision`` as the autocast dtype, refused where the device lacks it."""
+    """``trainer.precision`` as the autocast dtype, refused where the device lacks it; ``auto`` is bf16
+    where the device computes it natively (:func:`native_bf16`), fp32 elsewhere."""
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     dtype = PRECISION[precision]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if dtype == torch.bfloat16 and device.type == "cuda" and not native_bf16(device):
         raise UserError("trainer.precision=bf16 needs an Ampere or newer GPU; use trainer.precision=fp16 here")
     return dtype
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The ``trainer.precision`` value of an autocast dtype (what ``auto`` resolved to)."""
+    return next(name for name, known in PRECISION.items() if known == dtype)
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:

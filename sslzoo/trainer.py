@@ -40,6 +40,7 @@ from sslzoo.runtime import (
     on_stop_signals,
     peak_rss_bytes,
     precision_dtype,
+    precision_name,
     prepare_out_dir,
     resolve_device,
     rng_state,
@@ -113,7 +114,7 @@ class Trainer:
         )
         self.optimizer = build_optimizer(groups, cfg.optim, self.device)
         self.dtype = precision_dtype(cfg.trainer.precision, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.trainer.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.nonfinite = NonFiniteSteps(cfg.trainer.on_nonfinite, self.method, self.run, self.ddp.world_size)
         self.train_s = 0.0  # training seconds so far (data and steps; not start-up or saving), continued on resume
         self.stop_signal: int | None = None
@@ -212,6 +213,8 @@ class Trainer:
         if snapshots is not None:
             snapshots.truncate_after(self.clock.step)
         on_stop_signals(self.request_stop)
+        if cfg.trainer.precision == "auto" and self.ddp.is_main:
+            tqdm.write(f"trainer.precision=auto: {precision_name(self.dtype)} on this {self.device.type}")
         self.method.train()
         bar = tqdm(
             total=self.clock.total_steps, initial=self.clock.step, disable=not self.ddp.is_main, dynamic_ncols=True

@@ -15,7 +15,7 @@ def test_every_recipe_loads_and_has_the_interface_keys():
     for name in available_recipes():
         cfg = load_config(name)
         assert cfg.method.name and cfg.model.backbone and cfg.data.name
-        assert cfg.trainer.precision in ("fp32", "bf16", "fp16")
+        assert cfg.trainer.precision in ("fp32", "bf16", "fp16", "auto")
 
 
 def test_dotted_overrides_are_typed():
@@ -47,7 +47,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("dino_fmnist", {"method.teacher_tmp": 1.0}, "did you mean 'method.teacher_temp'"),
         ("dino_fmnist", {"data.batch_size": "many"}, "data.batch_size must be of type int"),
         ("dino_fmnist", {"data.batch_size": 0}, "data.batch_size must be a positive integer"),
-        ("dino_fmnist", {"trainer.precision": "fp8"}, "choose one of fp32, bf16, fp16"),
+        ("dino_fmnist", {"trainer.precision": "fp8"}, "choose one of fp32, bf16, fp16, auto"),
         ("dino_fmnist", {"method.name": "dinov7"}, "unknown method 'dinov7'"),
         ("dino_fmnist", {"seed": -1}, "seed=-1 must be an integer in .0, 4294967295."),
         ("dino_fmnist", {"seed": 2**32}, "seed=4294967296 must be an integer in .0, 4294967295."),

@@ -9,7 +9,7 @@ from torch import nn
 from sslzoo.backbones import Backbone
 from sslzoo.build import build_method
 from sslzoo.recipes import load_config
-from sslzoo.runtime import channels_last_resnets
+from sslzoo.runtime import channels_last_resnets, precision_dtype, precision_name
 from sslzoo.trainer import Trainer
 
 EXPECTED = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,6 +39,27 @@ def test_precision_flag_selects_the_autocast_dtype(precision: str, tiny_config) 
     assert trainer.method.loss.center.dtype == torch.float32
     assert trainer.scaler.is_enabled() == (precision == "fp16")  # loss scaling only where fp16 needs it
     assert torch.isfinite(torch.tensor(record["loss"]))
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bf16_only_on_cpus_with_amx(amx: bool, tiny_config, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    expected = torch.bfloat16 if amx else torch.float32
+    assert precision_dtype("auto", torch.device("cpu")) == expected
+    trainer = Trainer(tiny_config("dino_fmnist", **SMALL_DINO, **{"trainer.precision": "auto"}))
+    seen = backbone_matmul_dtypes(trainer.method)
+    views, _ = next(iter(trainer.loader))
+    record = trainer.step(views)
+    assert trainer.dtype == expected and set(seen) == {expected}
+    assert not trainer.scaler.is_enabled()  # auto never picks fp16, so never needs loss scaling
+    assert torch.isfinite(torch.tensor(record["loss"]))
+
+
+def test_explicit_precision_ignores_the_cpus_amx(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert precision_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: emulated, slower, still bf16
+    assert precision_dtype("fp32", torch.device("cpu")) == torch.float32
+    assert precision_name(precision_dtype("auto", torch.device("cpu"))) == "fp32"
 
 
 def test_dino_teacher_distribution_and_centre_are_fp32() -> None:
