@@ -35,6 +35,7 @@ RENAMED = {  # old dotted key -> its name now: one name per concept across metho
 ADDED = {  # dotted key added since runs were first saved -> the value that trains as the code did before it
     "method.momentum_end": 1.0,  # DINO, iBOT, DINOv2: the teacher momentum's cosine went to 1
     "optim.lr_decay": "cosine",  # every lr decayed by a half cosine to optim.min_lr
+    "optim.cooldown_fraction": 0.2,  # unused unless optim.lr_decay=cooldown, which came with it
 }
 
 
@@ -82,7 +83,8 @@ class OptimConfig:
     lr: float  # base lr, scaled by lr_scaling with the global batch
     lr_scaling: Literal["linear", "sqrt", "none"]  # lr*B/256 | lr*sqrt(B) | lr
     min_lr: float
-    lr_decay: Literal["cosine", "none"]  # after the warm-up: cosine to min_lr | held at the peak
+    lr_decay: Literal["cosine", "none", "cooldown"]  # after the warm-up: cosine to min_lr | held | held, then to min_lr
+    cooldown_fraction: float  # lr_decay=cooldown: the last fraction of the run's steps, decaying to min_lr
     warmup_epochs: float
     weight_decay: float
     weight_decay_end: float

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sslzoo.config import OptimConfig
-from sslzoo.schedules import Clock, cosine, warmup_cosine
+from sslzoo.schedules import Clock, cosine, warmup_cosine, warmup_hold_cooldown
 
 
 class LARS(torch.optim.Optimizer):
@@ -95,11 +95,16 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) 
 def apply_schedules(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, clock: Clock, peak_lr: float
 ) -> tuple[float, float]:
-    """Set this step's lr (warm-up, then a cosine to ``min_lr`` or held at the peak by ``lr_decay``; the
-    peak lr on ``lr_fixed`` groups) and weight decay (cosine) on every group; returns the scheduled lr and
-    weight decay."""
-    end_lr = peak_lr if cfg.lr_decay == "none" else cfg.min_lr
-    lr = warmup_cosine(clock.step, clock.total_steps, clock.steps(cfg.warmup_epochs), peak_lr, end_lr)
+    """Set this step's lr (warm-up, then by ``lr_decay`` a cosine to ``min_lr``, held at the peak, or held
+    and cooled down to ``min_lr`` over the last ``cooldown_fraction`` of the run; the peak lr on
+    ``lr_fixed`` groups) and weight decay (cosine) on every group; returns the scheduled lr and weight decay."""
+    warmup = clock.steps(cfg.warmup_epochs)
+    if cfg.lr_decay == "cooldown":
+        cooldown = round(cfg.cooldown_fraction * clock.total_steps)
+        lr = warmup_hold_cooldown(clock.step, clock.total_steps, warmup, cooldown, peak_lr, cfg.min_lr)
+    else:
+        end_lr = peak_lr if cfg.lr_decay == "none" else cfg.min_lr
+        lr = warmup_cosine(clock.step, clock.total_steps, warmup, peak_lr, end_lr)
     wd = cosine(clock.step, clock.total_steps, cfg.weight_decay, cfg.weight_decay_end)
     for group in optimizer.param_groups:
         # .get: optimizer states saved before lr_scale and lr_fixed existed

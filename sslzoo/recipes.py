@@ -130,6 +130,7 @@ def check_ranges(cfg: RunConfig) -> None:
     need(cfg.trainer.log_every > 0, "trainer.log_every must be a positive integer")
     need(cfg.optim.lr > 0, "optim.lr must be positive")
     need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be 0 or more")
+    need(0 < cfg.optim.cooldown_fraction <= 1, "optim.cooldown_fraction must lie in (0, 1]")
     need(
         cfg.optim.name != "lars" or cfg.optim.exclude_bias_norm,
         "optim.exclude_bias_norm=false has no effect with LARS, which never decays biases and norms; set it to true",

@@ -29,6 +29,20 @@ def warmup_cosine(step: int, total: int, warmup: int, peak: float, end: float, w
     return cosine(step - warmup, total - warmup, peak, end)
 
 
+def warmup_hold_cooldown(step: int, total: int, warmup: int, cooldown: int, peak: float, end: float) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, held there, then over the last ``cooldown`` steps a
+    (1 - sqrt) decay to ``end``: the warmup-stable-decay schedule of Hägele et al. 2024 ("Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations", §3: (1 - sqrt) over the last 20% matched a
+    cosine), which keeps the held lr's progress and ends on settled weights."""
+    if step < warmup:
+        return peak * step / warmup
+    start = total - cooldown
+    if step < start or cooldown <= 0:
+        return peak
+    progress = min((step - start) / cooldown, 1.0)
+    return end + (peak - end) * (1 - math.sqrt(progress))
+
+
 def linear_warmup(step: int, warmup: int, start: float, end: float) -> float:
     """Linear from ``start`` to ``end`` over ``warmup`` steps, then constant (DINO's teacher temperature,
     which main_dino.py steps once per epoch and completes an epoch earlier)."""

@@ -15,11 +15,12 @@ from torch import nn
 from sslzoo.augment import MultiCrop, crop_specs
 from sslzoo.backbones import create_backbone
 from sslzoo.data import ResumableSampler, sample_seed
+from sslzoo.errors import UserError
 from sslzoo.heads import dino_head, mlp_head
 from sslzoo.multicrop import backbone_features
 from sslzoo.optim import apply_schedules, build_optimizer, clip_gradients, parameter_groups, scaled_lr
 from sslzoo.recipes import SEED_LIMIT, load_config
-from sslzoo.schedules import Clock, cosine, linear_warmup, warmup_cosine
+from sslzoo.schedules import Clock, cosine, linear_warmup, warmup_cosine, warmup_hold_cooldown
 
 # --------------------------------------------------------------------------- schedules
 
@@ -192,6 +193,23 @@ def test_lr_decay_none_holds_the_scaled_peak_after_the_same_warm_up(batch: int):
     assert lrs["none"][:3] == lrs["cosine"][:3] == pytest.approx([0.0, peak / 2, peak])  # the same warm-up
     assert lrs["none"][3:] == pytest.approx([peak, peak])  # held at this batch's peak, min_lr unused
     assert lrs["cosine"][3] < peak and lrs["cosine"][4] < 0.01 * peak  # near min_lr by the last step
+
+
+def test_cooldown_holds_the_peak_then_decays_as_one_minus_sqrt_over_the_last_fraction():
+    # Hägele et al. 2024: lr = peak until the cooldown, then end + (peak - end)(1 - sqrt(progress))
+    assert warmup_hold_cooldown(5, 100, 10, 20, peak=1.0, end=0.0) == pytest.approx(0.5)
+    assert warmup_hold_cooldown(79, 100, 10, 20, peak=1.0, end=0.0) == 1.0
+    assert warmup_hold_cooldown(85, 100, 10, 20, peak=1.0, end=0.1) == pytest.approx(0.1 + 0.9 * (1 - 0.5))
+    assert warmup_hold_cooldown(100, 100, 10, 20, peak=1.0, end=0.1) == pytest.approx(0.1)
+    cfg = load_config("dino_fmnist", {"optim.lr_decay": "cooldown", "optim.cooldown_fraction": 0.25}).optim
+    optimizer = build_optimizer(parameter_groups(nn.Linear(4, 2), exclude_bias_norm=True), cfg, torch.device("cpu"))
+    peak = 1e-3
+    lrs = [apply_schedules(optimizer, cfg, Clock(step, 200, 20, 10), peak)[0] for step in range(200)]
+    assert lrs[20:150] == pytest.approx([peak] * 130)  # held after the warm-up (one epoch of 20 steps)
+    tail = lrs[150:]  # the last quarter: strictly falling towards min_lr
+    assert all(a > b for a, b in zip(tail, tail[1:])) and tail[-1] < 0.2 * peak
+    with pytest.raises(UserError, match="cooldown_fraction must lie in"):
+        load_config("dino_fmnist", {"optim.cooldown_fraction": 0.0})
 
 
 def test_lr_scaling_rules():
