@@ -23,6 +23,7 @@ BUDGET_KEYS = {  # recipe keys that the budget settings own
     "data.batch_size": "batch_size",
     "model.backbone": "backbone",
     "augment.local_crops": "local_crops",
+    "trainer.precision": "precision",
     "trainer.online_probe": "online_probe",
     "trainer.snapshot_every": "curve_points",
 }
@@ -38,6 +39,7 @@ class Settings:
     batch_size: int
     backbone: str
     local_crops: int
+    precision: str
     online_probe: bool
     curve_points: int
     curve_train_limit: int | None
@@ -133,6 +135,7 @@ def plan_runs(settings: Settings, train_overrides: dict[str, Any]) -> list[Plan]
                 "trainer.max_steps": settings.steps,
                 "data.batch_size": settings.batch_size,
                 "model.backbone": settings.backbone,
+                "trainer.precision": settings.precision,
                 "trainer.online_probe": settings.online_probe,
                 "trainer.snapshot_every": settings.steps // settings.curve_points if settings.curve_points else 0,
                 "logger.wandb": "off",

@@ -22,6 +22,7 @@ from PIL import Image
 
 import sslzoo.trainer
 from sslzoo.checkpoint import atomic_save, load_checkpoint
+from sslzoo.errors import UserError
 from sslzoo.eval.evaluate import Evaluator, from_checkpoint, from_run, from_snapshot
 from sslzoo.eval.protocol import load_protocol
 from sslzoo.methods import METHODS, method_class
@@ -95,7 +96,7 @@ def test_every_method_gets_the_same_budget(results: tuple[Path, dict]) -> None:
         cfg = run["config"]  # the run's own config.yaml
         assert (cfg["trainer"]["max_steps"], cfg["data"]["batch_size"]) == (2, 8)
         assert cfg["model"]["backbone"] == "vit_deepstem_micro_28" and cfg["seed"] == 0
-        assert cfg["trainer"]["online_probe"] is True
+        assert cfg["trainer"]["online_probe"] is True and cfg["trainer"]["precision"] == "fp32"  # dino_fmnist: auto
         assert cfg["augment"]["local_crops"] == (1 if method_class(run["name"]).supports_local_crops else 0)
         assert cfg["augment"]["global_crops"] == (method_class(run["name"]).global_crops or 2)  # MAE: 1
         knn = json.loads((Path(run["run_dir"]) / "eval_knn.json").read_text())
@@ -173,6 +174,14 @@ def test_a_run_is_reused_only_with_every_snapshot(results: tuple[Path, dict], tm
     assert common.finished_run(copy, plan.recipe, plan.overrides[0]) is not None
     (copy / "snapshots" / "backbone_step000001.pt").unlink()
     assert common.finished_run(copy, plan.recipe, plan.overrides[0]) is None
+
+
+def test_precision_is_one_setting_for_every_method() -> None:
+    settings, train, _ = compare.parse([*TINY, "methods=dino,simclr", "precision=auto"])
+    plans = compare_plan.plan_runs(settings, train)
+    assert {cfg.trainer.precision for plan in plans for cfg in plan.configs.values()} == {"auto"}
+    with pytest.raises(UserError, match="set trainer.precision for every method with precision="):
+        compare.parse([*TINY, "trainer.precision=bf16"])
 
 
 def edit_saved_config(run: Path, edit: Callable[[dict], object]) -> None:
