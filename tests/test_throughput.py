@@ -11,6 +11,7 @@ import torch
 
 from sslzoo.data import SyntheticImages
 from sslzoo.recipes import load_config
+from sslzoo.runtime import precision_dtype, precision_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,5 +47,6 @@ def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> No
     assert "git_commit" in record["provenance"] and record["provenance"]["torch_version"] == torch.__version__
     assert record["model_images_per_s"] == 4 / record["model_step_s_median"]
     table = out.with_suffix(".md").read_text()
-    assert f"| dino | {recipe.model.backbone} | {crops} | 4 | fp32 |" in table
+    ran = precision_name(precision_dtype(recipe.trainer.precision, torch.device("cpu")))  # auto: bf16 with AMX
+    assert record["precision"] == ran and f"| dino | {recipe.model.backbone} | {crops} | 4 | {ran} |" in table
     assert "loader CPU ms/img, batched" in table
