@@ -32,8 +32,8 @@ def warmup_cosine(step: int, total: int, warmup: int, peak: float, end: float, w
 def warmup_hold_cooldown(step: int, total: int, warmup: int, cooldown: int, peak: float, end: float) -> float:
     """Linear warm-up to ``peak`` over ``warmup`` steps, held there, then over the last ``cooldown`` steps a
     (1 - sqrt) decay to ``end``: the warmup-stable-decay schedule of Hägele et al. 2024 ("Scaling Laws and
-    Compute-Optimal Training Beyond Fixed Training Durations", §3: (1 - sqrt) over the last 20% matched a
-    cosine), which keeps the held lr's progress and ends on settled weights."""
+    Compute-Optimal Training Beyond Fixed Training Durations": a (1 - sqrt) cooldown over the last 20% of a
+    language model's run matched its cosine), which keeps the held lr's progress and ends on settled weights."""
     if step < warmup:
         return peak * step / warmup
     start = total - cooldown
