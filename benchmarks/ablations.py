@@ -82,7 +82,7 @@ BATCH_SIZES = (128, 32, 8)  # a 16x range, as 4096 -> 256 in BYOL Figure 3a; 128
 BATCH_STEPS = BYOL_STEPS  # at the largest batch: the byol ablation's reference run is shared
 # On 2 cores, data-loading workers compete with the compute threads: measured 1.8x more images/s with
 # none (DINO, batch 32, on the shared 2-core sandbox). Override with data.num_workers=2.
-# every group in one precision, fp32, as every committed ablation ran (dino_fmnist itself says auto: bf16 on AMX CPUs)
+# every group in one precision, fp32, as every committed ablation ran (some fmnist recipes say auto: bf16 on AMX CPUs)
 TRAIN_DEFAULTS = {"data.num_workers": 0, "trainer.precision": "fp32"}
 
 
