@@ -87,6 +87,20 @@ def precision_name(dtype: torch.dtype) -> str:
     return next(name for name, known in PRECISION.items() if known == dtype)
 
 
+def attention_kernel(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Pick the attention kernel of every timm attention layer in ``model`` for this device and dtype.
+
+    Under bf16 on a CPU, the explicit softmax(q k^T) v runs the step faster than the fused
+    ``scaled_dot_product_attention``, whose bf16 backward on CPUs took 14 times its fp32 time (iBOT's
+    step, torch 2.14): SimCLR's step 1.52x, DINO's 1.27x (README, "bf16 on CPUs with AMX"). Elsewhere,
+    timm's default (fused) stays: in fp32 on the CPU the two kernels tie.
+    """
+    fused = not (device.type == "cpu" and dtype == torch.bfloat16)
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = fused
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
     """Mixed precision for the forward (nothing under fp32)."""
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)

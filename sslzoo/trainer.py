@@ -32,6 +32,7 @@ from sslzoo.rundir import RunDir
 from sslzoo.runtime import (
     Stopped,
     agreed_stop,
+    attention_kernel,
     autocast,
     channels_last_resnets,
     compile_backbones,
@@ -101,6 +102,8 @@ class Trainer:
             self.memory_format = torch.channels_last
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest kernels once (main_dino.py)
+        self.dtype = precision_dtype(cfg.trainer.precision, self.device)
+        attention_kernel(self.method, self.device, self.dtype)
         if cfg.trainer.compile:
             compile_backbones(self.method, self.device)
         self.model: nn.Module = self.method
@@ -113,7 +116,6 @@ class Trainer:
             self.method, cfg.optim.exclude_bias_norm, self.method.lr_scales(), self.method.fixed_lr()
         )
         self.optimizer = build_optimizer(groups, cfg.optim, self.device)
-        self.dtype = precision_dtype(cfg.trainer.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.nonfinite = NonFiniteSteps(cfg.trainer.on_nonfinite, self.method, self.run, self.ddp.world_size)
         self.train_s = 0.0  # training seconds so far (data and steps; not start-up or saving), continued on resume

@@ -9,7 +9,7 @@ from torch import nn
 from sslzoo.backbones import Backbone
 from sslzoo.build import build_method
 from sslzoo.recipes import load_config
-from sslzoo.runtime import channels_last_resnets, precision_dtype, precision_name
+from sslzoo.runtime import attention_kernel, channels_last_resnets, precision_dtype, precision_name
 from sslzoo.trainer import Trainer
 
 EXPECTED = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,6 +53,41 @@ def test_auto_precision_is_bf16_only_on_cpus_with_amx(amx: bool, tiny_config, mo
     assert trainer.dtype == expected and set(seen) == {expected}
     assert not trainer.scaler.is_enabled()  # auto never picks fp16, so never needs loss scaling
     assert torch.isfinite(torch.tensor(record["loss"]))
+
+
+def attention_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "fused_attn")]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_bf16_computes_attention_explicitly(precision: str, tiny_config, monkeypatch) -> None:
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    trainer = Trainer(tiny_config("dino_fmnist", **SMALL_DINO, **{"trainer.precision": precision}))
+    layers = attention_layers(trainer.method)
+    assert layers and {m.fused_attn for m in layers} == {precision == "fp32"}
+    views, _ = next(iter(trainer.loader))
+    assert torch.isfinite(torch.tensor(trainer.step(views)["loss"]))
+    assert bool(calls) == (precision == "fp32")  # the fused kernel runs in fp32 only
+
+
+def test_explicit_attention_computes_what_the_fused_kernel_does() -> None:
+    torch.manual_seed(0)
+    method = build_method(load_config("dino_fmnist", SMALL_DINO)).eval()
+    backbone = next(m for m in method.modules() if isinstance(m, Backbone))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        fused = backbone(x)
+        attention_kernel(method, torch.device("cpu"), torch.bfloat16)
+        assert not any(m.fused_attn for m in attention_layers(method))
+        explicit = backbone(x)
+    torch.testing.assert_close(explicit, fused, rtol=1e-4, atol=1e-5)
 
 
 def test_explicit_precision_ignores_the_cpus_amx(monkeypatch) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from sslzoo.build import build_method, check_method
 from sslzoo.errors import UserError
-from sslzoo.losses.vicreg import VICRegLoss
+from sslzoo.losses.vicreg import VICRegLoss, covariance_loss
 from sslzoo.optim import scaled_lr
 from sslzoo.recipes import load_config
 from sslzoo.schedules import Clock
@@ -44,6 +44,19 @@ def paper_terms(z: list[list[float]], z_prime: list[list[float]], gamma: float =
 
     s = sum(sum((a - b) ** 2 for a, b in zip(z_i, zp_i)) for z_i, zp_i in zip(z, z_prime)) / n
     return {"s": s, "v": v(z) + v(z_prime), "c": c(z) + c(z_prime)}
+
+
+def test_covariance_term_matches_lightlys_masked_gather_in_value_and_gradient():
+    from lightly.loss.vicreg_loss import covariance_loss as lightly_covariance_loss
+
+    torch.manual_seed(0)
+    z = (3.0 * torch.randn(16, 32) + 1.0).requires_grad_()
+    ours = covariance_loss(z)
+    (grad,) = torch.autograd.grad(ours, z)
+    theirs = lightly_covariance_loss(z)
+    (grad_lightly,) = torch.autograd.grad(theirs, z)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    torch.testing.assert_close(grad, grad_lightly, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("scale", [0.3, 2.0])  # below and above the std target gamma = 1
