@@ -96,7 +96,7 @@ def test_every_method_gets_the_same_budget(results: tuple[Path, dict]) -> None:
         cfg = run["config"]  # the run's own config.yaml
         assert (cfg["trainer"]["max_steps"], cfg["data"]["batch_size"]) == (2, 8)
         assert cfg["model"]["backbone"] == "vit_deepstem_micro_28" and cfg["seed"] == 0
-        assert cfg["trainer"]["online_probe"] is True and cfg["trainer"]["precision"] == "fp32"  # dino_fmnist: auto
+        assert cfg["trainer"]["online_probe"] is True and cfg["trainer"]["precision"] == "auto"  # compare.yaml's
         assert cfg["augment"]["local_crops"] == (1 if method_class(run["name"]).supports_local_crops else 0)
         assert cfg["augment"]["global_crops"] == (method_class(run["name"]).global_crops or 2)  # MAE: 1
         knn = json.loads((Path(run["run_dir"]) / "eval_knn.json").read_text())

@@ -85,7 +85,8 @@ class IBOTHead(DINOProjectionHead):
         bottleneck = nn.functional.normalize(hidden, dim=-1)
         patch_layer = self.last_layer if self.patch_layer is None else self.patch_layer
         # The patches as one (B * N, D) matrix: a Linear on the strided (B, N, D) slice runs as a batched
-        # matmul over a weight expanded B times, which bf16 autocast copies (4x slower iBOT steps on CPU).
+        # matmul over a weight expanded B times, which bf16 autocast copies (iBOT's bf16 CPU step at about
+        # half speed; README, "bf16 on CPUs with AMX").
         patches = patch_layer(bottleneck[:, 1:].flatten(0, 1)).unflatten(0, (len(tokens), -1))
         return self.last_layer(bottleneck[:, 0]), patches
 
