@@ -91,10 +91,10 @@ def attention_kernel(model: nn.Module, device: torch.device, dtype: torch.dtype)
     """Pick the attention kernel of every timm attention layer in ``model`` for this device and dtype.
 
     Under bf16 on a CPU the explicit softmax(q k^T) v replaces the fused ``scaled_dot_product_attention``,
-    whose bf16 backward on CPUs is slow (over ten times its fp32 time in a profile of iBOT's step, torch
-    2.14): bf16 over fp32 then speeds SimCLR's Fashion-MNIST step 1.72 times instead of 1.11, DINO's 1.61
-    instead of 1.35 (README, "bf16 on CPUs with AMX"). Elsewhere timm's default (fused) stays: in fp32 on
-    the CPU the two kernels tie.
+    whose bf16 backward on CPUs is slow (torch 2.14; a profile of iBOT's step found it among the largest
+    ops in bf16, among the cheapest in fp32): bf16 over fp32 then speeds SimCLR's Fashion-MNIST step 1.72
+    times instead of 1.11, DINO's 1.61 instead of 1.35 (README, "bf16 on CPUs with AMX"). Elsewhere timm's
+    default (fused) stays: in fp32 on the CPU the two kernels tie.
     """
     fused = not (device.type == "cpu" and dtype == torch.bfloat16)
     for module in model.modules():
