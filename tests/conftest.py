@@ -39,7 +39,7 @@ def tiny_config(tmp_path: Path) -> Callable[..., RunConfig]:
             "data.batch_size": 16,
             "data.num_workers": 0,
             "trainer.device": "cpu",
-            "trainer.precision": "fp32",  # not the auto of some fmnist recipes: the same numbers with and without AMX
+            "trainer.precision": "fp32",  # not the fmnist recipes' auto: the same numbers with and without AMX
             "resume": "none",
         }
         return load_config(recipe, {**small, **overrides})
