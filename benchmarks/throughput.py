@@ -23,7 +23,9 @@ method only), ``suite`` (fmnist | imagenet: ``{method}_vits16`` else
 ``warmup`` (default 5 / 2), ``loader`` (true: also measure the loader and the
 end-to-end rate), ``lightly`` (true: the lightly DINO reference),
 ``out`` (JSON path; a Markdown table is written next to it), ``append`` (add to
-the JSON instead of replacing it). Shorthands: ``backbone`` ``batch``
+the JSON instead of replacing it), ``profile`` (N > 0: after the timed steps,
+``steps`` more under ``torch.profiler``, and the N operators with the most self
+time per step go into the record and a table of their own). Shorthands: ``backbone`` ``batch``
 ``precision`` ``compile`` ``device`` ``workers`` ``data`` (a dataset name;
 ``synthetic`` needs no dataset); any other dotted key overrides the recipe.
 
@@ -83,6 +85,7 @@ PARSER = Parser(
         "lightly": Option(bool, True, "the lightly DINO reference"),
         "out": Option(str | None, None, "the JSON path"),
         "append": Option(bool, False, "add to the JSON instead of replacing it"),
+        "profile": Option(int, 0, "N > 0: the N operators with the most self time per step (torch.profiler)"),
     },
     rest="recipe",  # the shorthands and any dotted recipe key
 )
@@ -183,6 +186,33 @@ def measure_loader(trainer, warmup: int, steps: int, step: Callable | None) -> f
     raise UserError("the dataset has too few batches for the benchmark: lower batch= or steps=")
 
 
+def top_operators(run_steps: Callable[[], object], device: torch.device, steps: int, top: int) -> dict[str, Any]:
+    """The ``top`` operators by self time (device time on GPUs) over ``steps`` profiled steps, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run_steps()
+    time_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [event for event in prof.key_averages() if getattr(event, time_key) > 0]
+    total = sum(getattr(event, time_key) for event in events)
+    events.sort(key=lambda event: getattr(event, time_key), reverse=True)
+    return {
+        "time": "device" if device.type == "cuda" else "cpu",
+        "steps": steps,
+        "self_ms_per_step": total / 1e3 / steps,
+        "operators": [
+            {
+                "name": event.key,
+                "self_ms_per_step": getattr(event, time_key) / 1e3 / steps,
+                "share": getattr(event, time_key) / total,
+                "calls_per_step": event.count / steps,
+            }
+            for event in events[:top]
+        ],
+    }
+
+
 def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], out_dir: str) -> dict[str, Any]:
     from sslzoo.trainer import Trainer
 
@@ -273,6 +303,9 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
             "peak_memory_mib": lightly_memory,
         }
         record["sslzoo_over_lightly"] = reference_step / model_step
+    if int(bench.get("profile", 0)) > 0:  # after the timed steps: the profiler's overhead stays out of them
+        say(f"{steps} profiled steps")
+        record["profile"] = top_operators(lambda: run(sslzoo_step, steps), device, steps, int(bench["profile"]))
     if with_loader:
         say("loader CPU time per image, each photometric path")
         record["loader_cpu_ms_per_image"] = loader_cpu_ms(cfg, LOADER_PROBE_IMAGES)
@@ -351,6 +384,26 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def profile_tables(records: list[dict[str, Any]]) -> str:
+    """One table per profiled record: its top operators by self time per step."""
+    sections = []
+    for r in (r for r in records if "profile" in r):
+        prof = r["profile"]
+        lines = [
+            f"### {r['method']} ({r['precision']}, {prof['time']} self time, {prof['self_ms_per_step']:.1f} ms per "
+            f"step over {prof['steps']} profiled steps)",
+            "",
+            "| operator | self ms per step | share | calls per step |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{op['name']}` | {op['self_ms_per_step']:.2f} | {op['share']:.1%} | {op['calls_per_step']:g} |"
+            for op in prof["operators"]
+        ]
+        sections.append("\n".join(lines))
+    return "\n\n## Top operators (`profile=N`)\n\n" + "\n\n".join(sections) + "\n" if sections else ""
+
+
 def write_results(records: list[dict[str, Any]], out: Path, append: bool) -> list[dict[str, Any]]:
     if append and out.exists():
         records = json.loads(out.read_text()) + records
@@ -363,7 +416,7 @@ def write_results(records: list[dict[str, Any]], out: Path, append: bool) -> lis
     )
     out.with_suffix(".md").write_text(
         f"# Training throughput\n\nWritten by `python benchmarks/throughput.py` ({out.name}); "
-        f"images/s count source images per second; {memory}.\n\n{table(records)}\n"
+        f"images/s count source images per second; {memory}.\n\n{table(records)}\n{profile_tables(records)}"
     )
     return records
 

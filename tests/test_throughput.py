@@ -25,12 +25,13 @@ def test_synthetic_images_are_fixed_imagenet_shaped_noise() -> None:
     assert len(data) == 1_281_167
 
 
-def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> None:
+def test_benchmark_writes_model_loader_lightly_and_profile_figures(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "method=dino", "data=synthetic"]
     command += ["batch=4", "steps=1", "warmup=1", "workers=0", "device=cpu", f"out={out}"]
     command += ["method.out_dim=256", "method.proj_hidden_dim=256", "method.bottleneck_dim=64"]
     command += ["augment.local_crops=4"]  # multi-crop, as the ImageNet recipes (dino_fmnist has none)
+    command += ["profile=3"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = json.loads(out.read_text())
@@ -50,3 +51,11 @@ def test_benchmark_writes_model_loader_and_lightly_figures(tmp_path: Path) -> No
     ran = precision_name(precision_dtype(recipe.trainer.precision, torch.device("cpu")))  # auto: bf16 with AMX
     assert record["precision"] == ran and f"| dino | {recipe.model.backbone} | {crops} | 4 | {ran} |" in table
     assert "loader CPU ms/img, batched" in table
+    profile = record["profile"]  # profile=3: the three operators with the most self time per step
+    operators = profile["operators"]
+    assert profile["time"] == "cpu" and profile["steps"] == 1 and len(operators) == 3
+    shares = [op["share"] for op in operators]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    assert all(op["self_ms_per_step"] > 0 and op["calls_per_step"] >= 1 for op in operators)
+    assert all(op["self_ms_per_step"] <= profile["self_ms_per_step"] for op in operators)
+    assert "## Top operators (`profile=N`)" in table and f"| `{operators[0]['name']}` |" in table

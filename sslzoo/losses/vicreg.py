@@ -53,7 +53,8 @@ class VICRegLoss(nn.Module):
         self.lambda_, self.mu, self.nu, self.eps = lambda_, mu, nu, eps
 
     def terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
-        """The unweighted invariance, variance and covariance terms, in fp32."""
+        """The unweighted invariance, variance and covariance terms, of the embeddings cast to fp32 (under
+        autocast the covariance's matmul still runs in the autocast dtype, as the official code's under AMP)."""
         z_a, z_b = z_a.float(), z_b.float()
         invariance = invariance_loss(z_a, z_b)
         z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
