@@ -24,9 +24,9 @@ method only), ``suite`` (fmnist | imagenet: ``{method}_vits16`` else
 end-to-end rate), ``lightly`` (true: the lightly DINO reference),
 ``out`` (JSON path; a Markdown table is written next to it), ``append`` (add to
 the JSON instead of replacing it), ``profile`` (N > 0: after the timed steps,
-``steps`` more under ``torch.profiler``, and the N operators with the most self
-time per step go into the record and a table of their own). Shorthands: ``backbone`` ``batch``
-``precision`` ``compile`` ``device`` ``workers`` ``data`` (a dataset name;
+``steps`` more of sslzoo's step under ``torch.profiler``, and the N operators
+with the most self time per step go into the record and a table of their own).
+Shorthands: ``backbone`` ``batch`` ``precision`` ``compile`` ``device`` ``workers`` ``data`` (a dataset name;
 ``synthetic`` needs no dataset); any other dotted key overrides the recipe.
 
     # CPU, Fashion-MNIST
@@ -190,25 +190,35 @@ def top_operators(run_steps: Callable[[], object], device: torch.device, steps: 
     """The ``top`` operators by self time (device time on GPUs) over ``steps`` profiled steps, per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
         run_steps()
-    time_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = [event for event in prof.key_averages() if getattr(event, time_key) > 0]
-    total = sum(getattr(event, time_key) for event in events)
-    events.sort(key=lambda event: getattr(event, time_key), reverse=True)
+    return operator_times(prof.key_averages(), gpu, steps, top)
+
+
+def operator_times(events: list[Any], gpu: bool, steps: int, top: int) -> dict[str, Any]:
+    """Operators (aten::..., not user annotations) ranked by self time. On GPUs the operators' own
+    ``self_device_time_total`` (their kernels' time): the kernels' entries would count it a second time."""
+    from torch.autograd import DeviceType
+
+    time_key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    operators = [
+        e for e in events if e.device_type == DeviceType.CPU and not e.is_user_annotation and getattr(e, time_key) > 0
+    ]
+    operators.sort(key=lambda e: getattr(e, time_key), reverse=True)
+    total = sum(getattr(e, time_key) for e in operators)
     return {
-        "time": "device" if device.type == "cuda" else "cpu",
+        "time": "device" if gpu else "cpu",
         "steps": steps,
         "self_ms_per_step": total / 1e3 / steps,
         "operators": [
             {
-                "name": event.key,
-                "self_ms_per_step": getattr(event, time_key) / 1e3 / steps,
-                "share": getattr(event, time_key) / total,
-                "calls_per_step": event.count / steps,
+                "name": e.key,
+                "self_ms_per_step": getattr(e, time_key) / 1e3 / steps,
+                "share": getattr(e, time_key) / total,
+                "calls_per_step": e.count / steps,
             }
-            for event in events[:top]
+            for e in operators[:top]
         ],
     }
 
@@ -303,9 +313,9 @@ def bench_method(method: str, bench: dict[str, Any], overrides: dict[str, Any], 
             "peak_memory_mib": lightly_memory,
         }
         record["sslzoo_over_lightly"] = reference_step / model_step
-    if int(bench.get("profile", 0)) > 0:  # after the timed steps: the profiler's overhead stays out of them
+    if bench["profile"] > 0:  # after the timed steps: the profiler's overhead stays out of them
         say(f"{steps} profiled steps")
-        record["profile"] = top_operators(lambda: run(sslzoo_step, steps), device, steps, int(bench["profile"]))
+        record["profile"] = top_operators(lambda: run(sslzoo_step, steps), device, steps, bench["profile"])
     if with_loader:
         say("loader CPU time per image, each photometric path")
         record["loader_cpu_ms_per_image"] = loader_cpu_ms(cfg, LOADER_PROBE_IMAGES)

@@ -6,14 +6,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from torch.autograd import DeviceType
 
 from sslzoo.data import SyntheticImages
 from sslzoo.recipes import load_config
 from sslzoo.runtime import precision_dtype, precision_name
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import throughput  # noqa: E402
 
 
 def test_synthetic_images_are_fixed_imagenet_shaped_noise() -> None:
@@ -59,3 +64,31 @@ def test_benchmark_writes_model_loader_lightly_and_profile_figures(tmp_path: Pat
     assert all(op["self_ms_per_step"] > 0 and op["calls_per_step"] >= 1 for op in operators)
     assert all(op["self_ms_per_step"] <= profile["self_ms_per_step"] for op in operators)
     assert "## Top operators (`profile=N`)" in table and f"| `{operators[0]['name']}` |" in table
+    assert done.stderr.index("timed steps") < done.stderr.index("profiled steps")  # its overhead stays out
+
+
+def event(key: str, device: DeviceType, cpu_us: float, gpu_us: float, annotation: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(
+        key=key,
+        device_type=device,
+        is_user_annotation=annotation,
+        self_cpu_time_total=cpu_us,
+        self_device_time_total=gpu_us,
+        count=2,
+    )
+
+
+def test_profile_counts_each_operator_once_on_gpus() -> None:
+    """A kernel's time is the operator's self device time too: only operators are ranked, annotations left out."""
+    events = [
+        event("aten::mm", DeviceType.CPU, 30.0, 600.0),
+        event("sm90_gemm_kernel", DeviceType.CUDA, 0.0, 600.0),
+        event("aten::softmax", DeviceType.CPU, 10.0, 200.0),
+        event("step", DeviceType.CPU, 5.0, 800.0, annotation=True),
+    ]
+    gpu = throughput.operator_times(events, gpu=True, steps=2, top=5)
+    assert [op["name"] for op in gpu["operators"]] == ["aten::mm", "aten::softmax"]
+    assert [op["share"] for op in gpu["operators"]] == [0.75, 0.25]
+    assert gpu["self_ms_per_step"] == 0.4 and gpu["operators"][0]["calls_per_step"] == 1
+    cpu = throughput.operator_times(events, gpu=False, steps=1, top=1)
+    assert cpu["time"] == "cpu" and [(op["name"], op["share"]) for op in cpu["operators"]] == [("aten::mm", 0.75)]
