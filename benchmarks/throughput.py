@@ -26,8 +26,9 @@ end-to-end rate), ``lightly`` (true: the lightly DINO reference),
 the JSON instead of replacing it), ``profile`` (N > 0: after the timed steps,
 ``steps`` more of sslzoo's step under ``torch.profiler``, and the N operators
 with the most self time per step go into the record and a table of their own).
-Shorthands: ``backbone`` ``batch`` ``precision`` ``compile`` ``device`` ``workers`` ``data`` (a dataset name;
-``synthetic`` needs no dataset); any other dotted key overrides the recipe.
+Shorthands: ``backbone`` ``batch`` ``precision`` ``compile`` ``device``
+``workers`` ``data`` (a dataset name; ``synthetic`` needs no dataset); any
+other dotted key overrides the recipe.
 
     # CPU, Fashion-MNIST
     python benchmarks/throughput.py method=dino
