@@ -473,7 +473,7 @@ def dino_cosine_scheduler(base: float, final: float, epochs: int, niter: int, wa
 
 @pytest.mark.parametrize("epochs, niter, warmup_epochs", [(10, 35, 1), (100, IMAGENET_TRAIN // 1024, 10)])
 def test_lr_warmup_is_mocov3s_and_trails_dinos_by_one_step(epochs, niter, warmup_epochs):
-    """A 350-step fmnist run (35 warm-up steps) and dino_vits16 (12510): the relative gap during warm-up is 1/W."""
+    """A 350-step run of 10 epochs (35 warm-up steps) and dino_vits16 (12510): the gap during warm-up is 1/W."""
     peak, end = 1.0, 1e-6
     total, warmup = epochs * niter, warmup_epochs * niter
     ours = np.array([warmup_cosine(k, total, warmup, peak, end) for k in range(total)])
