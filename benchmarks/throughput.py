@@ -396,13 +396,14 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def profile_tables(records: list[dict[str, Any]]) -> str:
-    """One table per profiled record: its top operators by self time per step."""
+    """One table per profiled record: its top operators by self time per step, headed by its date, which tells
+    apart the records of one method that ``append=true`` gathers."""
     sections = []
     for r in (r for r in records if "profile" in r):
         prof = r["profile"]
         lines = [
             f"### {r['method']} ({r['precision']}, {prof['time']} self time, {prof['self_ms_per_step']:.1f} ms per "
-            f"step over {prof['steps']} profiled steps)",
+            f"step over {prof['steps']} profiled steps, {r['date']})",
             "",
             "| operator | self ms per step | share | calls per step |",
             "|---|---|---|---|",

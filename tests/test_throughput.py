@@ -92,3 +92,15 @@ def test_profile_counts_each_operator_once_on_gpus() -> None:
     assert gpu["self_ms_per_step"] == 0.4 and gpu["operators"][0]["calls_per_step"] == 1
     cpu = throughput.operator_times(events, gpu=False, steps=1, top=1)
     assert cpu["time"] == "cpu" and [(op["name"], op["share"]) for op in cpu["operators"]] == [("aten::mm", 0.75)]
+
+
+def test_profile_tables_head_each_record_by_its_date() -> None:
+    """Two profiled records of one method (``append=true``) get two headings, each naming its record's date."""
+    profile = {"time": "cpu", "self_ms_per_step": 5.0, "steps": 2, "operators": []}
+    records = [
+        {"method": "dino", "precision": "bf16", "profile": profile, "date": date}
+        for date in ("2026-12-01T10:00:00+00:00", "2026-12-02T10:00:00+00:00")
+    ]
+    headings = [line for line in throughput.profile_tables(records).splitlines() if line.startswith("### ")]
+    assert len(headings) == 2 and len(set(headings)) == 2
+    assert all(record["date"] in heading for record, heading in zip(records, headings))
