@@ -1,7 +1,7 @@
 """The side-by-side benchmark: ``python benchmarks/compare.py [key=value ...]``.
 
-Pre-trains every method (by default all registered ones, each from its
-``<method>_fmnist`` recipe) under one identical budget (optimizer steps, batch
+Pre-trains every method (by default DINO, BYOL, SimCLR, MoCo v3 and iBOT; ``methods=all``
+every registered one; each from its ``<method>_fmnist`` recipe) under one identical budget (optimizer steps, batch
 size, backbone, crops where the method allows), each in its own subprocess;
 evaluates each frozen backbone offline (kNN and linear probe) next to two
 baselines (raw pixels, the random-init backbone); and writes to the results

@@ -64,7 +64,7 @@ SUBSET = {"train_limit": 100, "test_limit": 50, "knn.ks": [5, 20]}
 def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     base = tmp_path_factory.mktemp("compare")
     out, runs = base / "results", base / "runs"
-    argv = [sys.executable, str(SCRIPT), *TINY, f"out={out}", f"runs={runs}"]
+    argv = [sys.executable, str(SCRIPT), *TINY, "methods=all", f"out={out}", f"runs={runs}"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text())
@@ -299,7 +299,9 @@ def test_settings_split_into_budget_recipe_and_protocol_overrides() -> None:
     settings, train, evaluation = compare.parse(["methods=dino", "seeds=0,1,2", "optim.lr=0.1", "eval.knn.ks=[20]"])
     assert settings.methods == ["dino"] and settings.seeds == [0, 1, 2]
     assert train == {"optim.lr": 0.1} and evaluation == {"knn.ks": [20]}
-    assert compare.parse([])[0].methods == METHODS.names()
+    default = compare.parse([])[0]
+    assert default.methods == ["dino", "byol", "simclr", "mocov3", "ibot"] and default.steps == 3000  # issue 15's five
+    assert compare.parse(["methods=all"])[0].methods == METHODS.names()
 
 
 @pytest.mark.parametrize(
