@@ -212,7 +212,7 @@ def test_a_run_saved_before_a_key_existed_is_reused_only_where_it_trained_as_now
         assert common.finished_run(run, plan.recipe, plan.overrides[0]) is not None  # as saved today
         edit_saved_config(run, saved_before_added_keys)
         assert (common.finished_run(run, plan.recipe, plan.overrides[0]) is not None) is cosine
-    settings, train, _ = compare.parse([*TINY, "methods=simclr", f"runs={runs}"])  # simclr_fmnist holds its lr
+    settings, train, _ = compare.parse([*TINY, "methods=simclr", f"runs={runs}"])  # simclr_fmnist: no cosine
     plan = compare_plan.plan_runs(settings, train)[0]
     assert common.finished_run(runs / "simclr" / "seed0", plan.recipe, plan.overrides[0]) is None
 
